@@ -1,0 +1,173 @@
+"""Benchmark: one ADAT pruning round's scoring vs sentencepiece's own Unigram training (issue 5).
+
+Builds deterministic pseudo-natural text (a Zipf-distributed lexicon of real Python docstring
+words plus pseudo-words from a seeded character Markov chain over them), trains a large
+sentencepiece Unigram vocabulary on it (the baseline time, measured in this run), then times
+our scoring of that vocabulary: word counting, the per-piece removal loss (eq. 5.2,
+sentencepiece's approximation), the ADAT score (eq. 5.4, ratio balance; the LM loss b is
+synthetic here since LM scoring is separate) and pruning. Prints JSON on stdout.
+
+    python benchmarks/adat_scoring_bench.py            # ~10 MB, 150k pieces requested
+    python benchmarks/adat_scoring_bench.py --quick    # ~1 MB, 20k pieces requested
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import importlib
+import inspect
+import io
+import itertools
+import json
+import os
+import random
+import sys
+import time
+import warnings
+from collections import Counter, defaultdict
+
+import numpy as np
+import sentencepiece as spm
+
+from madapt.tokenizers.scoring import adat_score, prune
+from madapt.tokenizers.unigram import UnigramModel, removal_loss, word_counts
+
+ZIPF = 0.7  # lexicon rank exponent: flatter than 1 so 10 MB has a few 100k distinct words
+SKIP_MODULES = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo"}
+
+
+def docstring_words() -> list[str]:
+    """Words of the standard library's docstrings (varies with the Python version; fine here)."""
+    docs: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in sorted(sys.stdlib_module_names):
+            if name.startswith("_") or name in SKIP_MODULES:
+                continue
+            try:
+                module = importlib.import_module(name)
+            except Exception:  # some modules need a platform or optional C library
+                continue
+            for obj in [module] + [getattr(module, a, None) for a in sorted(dir(module))]:
+                doc = inspect.getdoc(obj) if obj is not None else None
+                if doc:
+                    docs.append(doc)
+    return "\n".join(dict.fromkeys(docs)).split()
+
+
+def pseudo_words(words: list[str], n: int, order: int, seed: int) -> list[str]:
+    """``n`` distinct new words from a character Markov chain of ``order`` over ``words``."""
+    table: dict[str, Counter[str]] = defaultdict(Counter)
+    for w in set(words):
+        padded = "^" * order + w + "$"
+        for i in range(len(w) + 1):
+            table[padded[i : i + order]][padded[i + order]] += 1
+    chain = {}
+    for ctx, counter in table.items():
+        chars = sorted(counter)
+        chain[ctx] = (chars, list(itertools.accumulate(counter[c] for c in chars)))
+    rng, known, out = random.Random(seed), set(words), []
+    seen: set[str] = set()
+    while len(out) < n:
+        ctx, word = "^" * order, []
+        while len(word) < 24:
+            chars, cum = chain[ctx]
+            ch = chars[bisect.bisect_right(cum, rng.random() * cum[-1])]
+            if ch == "$":
+                break
+            word.append(ch)
+            ctx = ctx[1:] + ch
+        w = "".join(word)
+        if w and w not in known and w not in seen:
+            seen.add(w)
+            out.append(w)
+    return out
+
+
+def make_text(n_bytes: int, n_pseudo: int, seed: int = 0) -> list[str]:
+    """Lines of Zipf-sampled words until ``n_bytes`` of UTF-8 text."""
+    real = docstring_words()
+    lexicon = list(Counter(real)) + pseudo_words(real, n_pseudo, order=3, seed=seed)
+    rng = np.random.default_rng(seed)
+    lexicon = [lexicon[i] for i in rng.permutation(len(lexicon))]
+    weights = 1.0 / np.arange(1, len(lexicon) + 1) ** ZIPF
+    lines, size = [], 0
+    while size < n_bytes:
+        draws = rng.choice(len(lexicon), size=200_000, p=weights / weights.sum())
+        cuts = np.cumsum(rng.integers(4, 20, size=len(draws) // 4))
+        for chunk in np.split(draws, cuts[cuts < len(draws)]):
+            line = " ".join(lexicon[i] for i in chunk)
+            lines.append(line)
+            size += len(line.encode("utf-8")) + 1
+            if size >= n_bytes:
+                break
+    return lines
+
+
+def train_sentencepiece(lines: list[str], vocab_size: int, threads: int) -> tuple[bytes, float]:
+    buffer = io.BytesIO()
+    start = time.perf_counter()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=buffer, model_type="unigram", vocab_size=vocab_size,
+        hard_vocab_limit=False, byte_fallback=True, character_coverage=1.0, num_threads=threads,
+        input_sentence_size=0, max_sentence_length=1 << 16, minloglevel=2,
+    )
+    return buffer.getvalue(), time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="~1 MB of text, 20k pieces")
+    parser.add_argument("--mbytes", type=float, default=None, help="text size in MB")
+    parser.add_argument("--vocab", type=int, default=None, help="requested initial vocabulary")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    mbytes = args.mbytes or (1.0 if args.quick else 10.0)
+    vocab = args.vocab or (20_000 if args.quick else 150_000)
+
+    t0 = time.perf_counter()
+    lines = make_text(int(mbytes * 1e6), n_pseudo=int(150_000 * mbytes), seed=0)
+    t_text = time.perf_counter() - t0
+    proto, t_sp = train_sentencepiece(lines, vocab, args.threads)
+    model = UnigramModel.from_sentencepiece(proto)
+
+    t0 = time.perf_counter()
+    corpus = word_counts(lines)
+    t_count = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    a = removal_loss(model, corpus)
+    t_loss = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    b = np.random.default_rng(0).gamma(2.0, 50.0, size=len(a))  # stand-in for the LM loss sum
+    score = adat_score(a, b, "ratio")
+    removable = int((~model.required_mask()).sum())
+    keep = prune(model.pieces, score, removable // 5, model.required_mask())
+    t_score = time.perf_counter() - t0
+    finite = np.isfinite(a)
+    scoring = t_count + t_loss + t_score
+    print(json.dumps({
+        "text_mbytes": round(sum(len(x.encode()) + 1 for x in lines) / 1e6, 2),
+        "unique_words": len(corpus.words),
+        "vocab_requested": vocab,
+        "vocab_reached": len(model.pieces),
+        "threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "text_generation_s": round(t_text, 2),
+        "sentencepiece_train_s": round(t_sp, 2),
+        "word_count_s": round(t_count, 2),
+        "removal_loss_s": round(t_loss, 2),
+        "score_and_prune_s": round(t_score, 3),
+        "scoring_round_s": round(scoring, 2),
+        "scoring_over_sentencepiece_train": round(scoring / t_sp, 3),
+        "target_s": 60.0,
+        "target_met": bool(scoring <= 60.0),
+        "pruned": int((~keep).sum()),
+        "loss_negative_fraction": round(float((a[finite] < 0).mean()), 5),
+        "loss_zero_fraction": round(float((a[finite] == 0).mean()), 5),
+        "loss_inf_count": int((~finite).sum()),
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""`madapt` command line: run | demo | list | report | data check.
+
+User mistakes (`UserError`) are printed as one line on stderr with exit code 2 and nothing written;
+any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from madapt.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Adapt pretrained foundation models cheaply (continual CLIP, prompts, label maps, tokenizers).")
+data_app = typer.Typer(no_args_is_help=True, help="Check real datasets on disk.")
+app.add_typer(data_app, name="data")
+
+LISTABLE = {
+    "methods": "method",
+    "datasets": "dataset",
+    "backbones": "backbone",
+    "mappers": "mapper",
+    "recipes": "recipe",
+}
+
+
+def _default_out(config: str) -> Path:
+    stem = Path(config).with_suffix("").as_posix().replace("/", "-")
+    return Path("runs") / stem
+
+
+@app.command()
+def run(
+    config: str = typer.Argument(..., help="A YAML file or a preset name (see `madapt list presets`)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. train.lr=1e-5."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<config name>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in --out."),
+) -> None:
+    """Run one experiment and write its run folder (config, log, checkpoints, results, report)."""
+    from madapt.recipes import run_experiment
+
+    run_experiment(config, list(overrides or []), out or _default_out(config), resume, Console())
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder of the demo."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted demo."),
+) -> None:
+    """The embedded micro benchmark: offline, minutes on a laptop CPU."""
+    from madapt.recipes import run_experiment
+
+    run_experiment("demo/default", [], out, resume, Console())
+
+
+@app.command("list")
+def list_(what: str = typer.Argument(..., help="methods | datasets | backbones | presets | mappers | recipes")) -> None:
+    """List registered names."""
+    from madapt import catalog
+    from madapt.config import preset_names
+    from madapt.errors import UnknownNameError, closest
+    from madapt.registry import names
+
+    catalog.load_all()
+    if what == "presets":
+        items = preset_names()
+    elif what in LISTABLE:
+        items = names(LISTABLE[what])
+    else:
+        options = [*LISTABLE, "presets"]
+        raise UnknownNameError(f"list '{what}'", "is not listable" + closest(what, options), "one of: " + ", ".join(options))
+    for item in items:
+        typer.echo(item)
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A finished run folder.")) -> None:
+    """Print the results table of a finished run again (and rewrite its report.md)."""
+    from madapt.recipes import rerender_report
+
+    rerender_report(run_dir, Console())
+
+
+@data_app.command("check")
+def data_check(
+    collection: str = typer.Argument(..., help="mtil | cil"),
+    root: Path = typer.Option(..., "--root", help="The data_root folder."),
+) -> None:
+    """List which datasets of a collection are present under --root and the layout expected."""
+    from madapt.data.mtil import check_layout
+
+    rows = check_layout(collection, root)
+    missing = 0
+    for name, ok, message in rows:
+        missing += not ok
+        typer.echo(f"{'ok     ' if ok else 'MISSING'} {name}: {message}")
+    if missing:
+        raise typer.Exit(code=1)
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as err:
+        print(f"error: {err.one_line()}", file=sys.stderr)
+        sys.exit(err.exit_code)
+
+
+if __name__ == "__main__":
+    main()

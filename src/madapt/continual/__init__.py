@@ -1,0 +1,1 @@
+"""Continual learning of CLIP: task loop, methods and the MTIL / CIL metrics."""

@@ -1,0 +1,7 @@
+"""Continual methods for CLIP, one file each, registered under kind "method".
+
+Each class has a ``Config`` (pydantic, fields documented with their seed section) and implements
+the `madapt.continual.engine.ContinualMethod` protocol.
+"""
+
+from madapt.continual.methods import finetune, icarl, lwf, wise_ft, zeroshot, zscl  # noqa: F401  (registration)

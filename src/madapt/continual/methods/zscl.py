@@ -1,0 +1,111 @@
+"""ZSCL as its code does it (seed 000 Table 3.2 baseline; Zheng et al. 2023; reference notes §4).
+
+Each step adds, to the task loss:
+- distillation at T=2 between the frozen *pretrained* teacher and the student on a batch of reference
+  images against the teacher's embeddings of all reference captions, both ways (image->text logits
+  and their transpose), weights 1 and 1; the student's text encoder is not in this term;
+- the *sum* of squared differences to the task-start weights (``l2``);
+- a weight ensemble: every ``average_every`` steps, iteration 0 included, the running mean
+  we = (we * n + theta) / (n + 1), started from the task-start weights; the averaged model replaces
+  theta at the end of the task.
+Teacher caption embeddings are computed once per task (the teacher is frozen, so they never change).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from madapt.config import Strict
+from madapt.continual.engine import batch_indices
+from madapt.continual.losses import all_but_logit_scale, assign, distillation, frozen_copy, snapshot
+from madapt.continual.methods.finetune import ce_loss
+from madapt.registry import register
+
+
+class ZSCLConfig(Strict):
+    name: Literal["zscl"] = "zscl"
+    image_weight: float = Field(1.0, ge=0.0, description="image-side distillation weight")
+    text_weight: float = Field(1.0, ge=0.0, description="text-side distillation weight")
+    temperature: float = Field(2.0, gt=0.0)
+    l2: float = Field(1.0, ge=0.0, description="weight of the summed squared distance to task-start weights")
+    average_every: int = Field(100, ge=1, description="weight-ensemble period in steps (ZSCL --avg_freq)")
+    weight_ensemble: bool = True
+    reference_batch_size: int = Field(64, ge=1)
+
+
+@register("method", "zscl")
+class ZSCL:
+    Config = ZSCLConfig
+
+    def __init__(self, image_weight: float = 1.0, text_weight: float = 1.0, temperature: float = 2.0,
+                 l2: float = 1.0, average_every: int = 100, weight_ensemble: bool = True,
+                 reference_batch_size: int = 64, **_: Any) -> None:
+        self.image_weight, self.text_weight, self.temperature = image_weight, text_weight, temperature
+        self.l2, self.average_every, self.weight_ensemble = l2, average_every, weight_ensemble
+        self.reference_batch_size = reference_batch_size
+        self.start: dict[str, torch.Tensor] = {}
+        self.average: dict[str, torch.Tensor] = {}
+        self.n_averaged = 0
+
+    def trainable_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+        return all_but_logit_scale(model)
+
+    @torch.no_grad()
+    def before_task(self, ctx) -> None:
+        if ctx.reference is None:
+            raise ValueError("ZSCL needs reference data (images + captions)")
+        self.teacher = frozen_copy(ctx.model)
+        self.teacher.load_state_dict(ctx.pretrained)
+        tokens = ctx.backbone.tokenize(ctx.reference.captions).to(ctx.device)
+        self.caption_feats = torch.cat([F.normalize(self.teacher.encode_text(chunk).float(), dim=-1)
+                                        for chunk in tokens.split(512)])
+        self.start = snapshot(ctx.model)
+        self.average = {k: v.clone() for k, v in self.start.items()}
+        self.n_averaged = 0
+
+    @torch.no_grad()
+    def _update_average(self, model: torch.nn.Module) -> None:
+        n = self.n_averaged
+        for name, p in model.named_parameters():
+            self.average[name].mul_(n).add_(p.detach()).div_(n + 1)
+        self.n_averaged = n + 1
+
+    def loss(self, batch, ctx) -> torch.Tensor:
+        if self.weight_ensemble and ctx.step % self.average_every == 0:
+            self._update_average(ctx.model)
+        loss = ce_loss(batch, ctx)
+        ref = ctx.reference.images
+        idx = batch_indices(len(ref), self.reference_batch_size, ctx.step, ctx.settings.seed * 17 + ctx.task)
+        images = ref.batch(idx)[0] if hasattr(ref, "batch") else torch.stack([ref[i][0] for i in idx])
+        images = images.to(ctx.device)
+        scale = ctx.settings.logit_scale
+        with torch.no_grad():
+            t_logits = scale * F.normalize(self.teacher.encode_image(images).float(), dim=-1) @ self.caption_feats.T
+        s_logits = scale * F.normalize(ctx.model.encode_image(images).float(), dim=-1) @ self.caption_feats.T
+        loss = loss + self.image_weight * distillation(t_logits, s_logits, self.temperature)
+        loss = loss + self.text_weight * distillation(t_logits.T, s_logits.T, self.temperature)
+        if self.l2 > 0:
+            params = dict(ctx.model.named_parameters())
+            loss = loss + self.l2 * sum(((params[n] - w) ** 2).sum() for n, w in self.start.items()
+                                        if params[n].requires_grad)
+        return loss
+
+    def after_task(self, ctx) -> None:
+        if self.weight_ensemble:
+            assign(ctx.model, self.average)
+
+    def logits(self, images: torch.Tensor, task: int | None, ctx) -> torch.Tensor:
+        return ctx.clip_logits(ctx.model, images, task)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "average": self.average, "n_averaged": self.n_averaged}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("start"):
+            self.start = dict(state["start"])
+            self.average = {k: v.clone() for k, v in state["average"].items()}
+            self.n_averaged = int(state["n_averaged"])

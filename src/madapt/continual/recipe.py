@@ -1,0 +1,246 @@
+"""Recipe ``kind: continual``: a CLIP task sequence (MTIL, few-shot MTIL, MTIL-micro) for a list
+of methods, each in its own sub-folder, ending with Transfer/Avg/Last and accuracy heatmaps.
+
+Protocol (seed 000 §3.5.1, reference notes §2): per task ``iterations`` steps of ``batch_size``,
+AdamW with warmup + cosine, label smoothing 0.2, logit scale 100, per-task learning rates; after
+each task every dataset is evaluated with the template-ensemble head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from madapt.config import Recipe, Strict, register_recipe
+from madapt.continual.engine import Context, TrainSettings, lrs_for, run_sequence
+from madapt.continual.metrics import mtil_metrics
+from madapt.continual.tasks import ArrayDataset, Task
+from madapt.errors import ConfigError, DataError, closest
+from madapt.registry import get, names
+from madapt.report import plots
+from madapt.report.markdown import Section, write_report
+from madapt.report.tables import print_table
+from madapt.runs import RunFolder, seed_everything
+
+
+class DataConfig(Strict):
+    collection: Literal["micro", "mtil"] = Field("micro", description="generated MTIL-micro or real MTIL folders")
+    order: list[str] = Field(..., min_length=1, description="datasets in training order (seed 000 §3.5.1)")
+    shots: int | None = Field(None, ge=1, description="few-shot MTIL: images per class (ConDU: 5)")
+    train_size: int = Field(1200, ge=1, description="micro: generated training images per domain")
+    test_size: int = Field(1000, ge=1, description="micro: generated test images per domain (>= 1,000)")
+    reference_images: str | None = Field(None, description="real data: folder of reference images (ZSCL: ImageNet/train)")
+    reference_captions: str | None = Field(None, description="real data: caption file (ZSCL: Conceptual Captions)")
+    reference_size: int = Field(2000, ge=1, description="micro: generated reference image/caption pairs")
+
+
+class TrainConfig(Strict):
+    iterations: int = Field(1000, gt=0, description="steps per task (ZSCL: 1000; few-shot: 500)")
+    batch_size: int = Field(64, gt=0, description="ZSCL: 64; few-shot: 32")
+    lr: float = Field(1e-5, gt=0)
+    lr_per_task: dict[str, float] = Field(default_factory=dict, description="ZSCL Order I: aircraft, mnist 5e-5")
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.2, ge=0, lt=1)
+    logit_scale: float = Field(100.0, gt=0)
+    bf16: bool = False
+    checkpoint_every: int = Field(100, gt=0)
+    num_workers: int = Field(0, ge=0)
+
+
+class EvalConfig(Strict):
+    batch_size: int = Field(256, gt=0)
+    task_agnostic: bool = Field(False, description="no task id at test time: argmax over all classes")
+
+
+class ContinualConfig(Strict):
+    kind: Literal["continual"]
+    seed: int = 42
+    backbone: str = Field("micro-clip", description="a name from `madapt list backbones`")
+    pretrained: str | None = Field(None, description="local weights path or cached open_clip tag")
+    data_root: str | None = Field(None, description="folder with the real datasets (collection mtil)")
+    data: DataConfig
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    methods: list[SerializeAsAny[Strict]] = Field(..., min_length=1)
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _method_configs(cls, value: Any) -> list[Strict]:
+        if not isinstance(value, list):
+            raise ConfigError("methods", f"found {type(value).__name__}", "a list of {name: ..., <options>}")
+        out = []
+        for i, item in enumerate(value):
+            item = {"name": item} if isinstance(item, str) else item
+            if isinstance(item, Strict):
+                out.append(item)
+                continue
+            if not isinstance(item, dict) or "name" not in item:
+                raise ConfigError(f"methods.{i}", f"found {item!r}", "a method name or {name: ..., <options>}")
+            method = get("method", str(item["name"]))
+            try:
+                out.append(method.Config.model_validate(item))
+            except Exception as err:  # pydantic.ValidationError -> one line naming the field
+                first = err.errors()[0] if hasattr(err, "errors") else {"loc": (), "msg": str(err)}
+                loc = ".".join(str(p) for p in first["loc"])
+                hint = closest(str(first["loc"][-1]), method.Config.model_fields) if first["loc"] else ""
+                raise ConfigError(f"methods.{i}.{loc}", first["msg"] + hint,
+                                  "options: " + ", ".join(method.Config.model_fields)) from None
+        return out
+
+    @model_validator(mode="after")
+    def _known_datasets(self) -> "ContinualConfig":
+        known = [n.split("/", 1)[1] for n in names("dataset") if n.startswith(f"{self.data.collection}/")]
+        for i, name in enumerate(self.data.order):
+            if name not in known:
+                raise ConfigError(f"data.order.{i}", f"unknown {self.data.collection} dataset '{name}'"
+                                  + closest(name, known), "one of: " + ", ".join(sorted(known)))
+        if self.data.collection == "mtil" and not self.data_root:
+            raise ConfigError("data_root", "is missing", "the folder holding the MTIL datasets (data_root=DIR)")
+        return self
+
+
+@dataclass
+class Prepared:
+    backbone_state: dict[str, torch.Tensor]
+    tasks: list[Task]
+    reference: Any
+
+
+@dataclass
+class Reference:
+    """Reference data for distillation: image dataset (with ``batch`` for speed) and captions."""
+
+    images: Any
+    captions: list[str]
+    vocabulary: list[str]
+
+
+def _micro_tasks(cfg: ContinualConfig, backbone) -> tuple[list[Task], Reference]:
+    from madapt.data import synthetic
+
+    domains = synthetic.micro_domains()
+    tasks, offset = [], 0
+    for name in cfg.data.order:
+        spec = domains[name]
+        train = synthetic.make_split(name, "train", cfg.data.train_size, cfg.seed)
+        test = synthetic.make_split(name, "test", cfg.data.test_size, cfg.seed)
+        tasks.append(Task(name, list(spec.classnames), list(spec.templates),
+                          ArrayDataset(*train, backbone.mean, backbone.std),
+                          ArrayDataset(*test, backbone.mean, backbone.std), class_offset=offset))
+        offset += spec.n_classes
+    stream = synthetic.pretraining_batches(cfg.seed + 1, cfg.data.reference_size)
+    images, captions = next(stream)
+    import numpy as np
+
+    reference = Reference(ArrayDataset(images, np.zeros(len(images), dtype=np.int64), backbone.mean, backbone.std),
+                          sorted(set(captions)), synthetic.vocabulary_words())
+    return tasks, reference
+
+
+def _mtil_tasks(cfg: ContinualConfig, backbone) -> tuple[list[Task], Reference | None]:
+    from madapt.data import mtil
+    from madapt.data.fewshot import few_shot_subset
+    from madapt.data.reference import ReferenceImages, read_captions
+
+    tasks, offset = [], 0
+    for name in cfg.data.order:
+        spec = mtil.spec_of(f"mtil/{name}")
+        train = spec.load(cfg.data_root, "train", backbone.preprocess_train)
+        test = spec.load(cfg.data_root, "test", backbone.preprocess_val)
+        if cfg.data.shots:
+            train = few_shot_subset(train, cfg.data.shots, cfg.seed, name=spec.name)
+        classnames = spec.classnames or mtil.class_names(spec.name, cfg.data_root)
+        tasks.append(Task(name, classnames, spec.templates, train, test, class_offset=offset))
+        offset += len(classnames)
+    reference = None
+    if cfg.data.reference_images and cfg.data.reference_captions:
+        captions = read_captions(cfg.data.reference_captions)
+        reference = Reference(ReferenceImages(cfg.data.reference_images, backbone.preprocess_val), captions,
+                              sorted({w for c in captions for w in c.lower().split()}))
+    return tasks, reference
+
+
+def prepare(cfg: ContinualConfig) -> Prepared:
+    """Load the backbone and every dataset (all user-input errors surface here, before any write)."""
+    seed_everything(cfg.seed)
+    backbone = get("backbone", cfg.backbone)(cfg.pretrained)
+    builder = _micro_tasks if cfg.data.collection == "micro" else _mtil_tasks
+    tasks, reference = builder(cfg, backbone)
+    for m in cfg.methods:
+        if m.name == "zscl" and reference is None:
+            raise ConfigError("data.reference_images / data.reference_captions", "are missing",
+                              "a reference image folder and caption file for ZSCL")
+    for task in tasks:
+        if len(task.train) == 0 or len(task.test) == 0:
+            raise DataError(f"dataset '{task.name}'", "has an empty split", "images in train and test")
+    state = {k: v.detach().clone() for k, v in backbone.model.state_dict().items()}
+    return Prepared(state, tasks, reference)
+
+
+def run(cfg: ContinualConfig, prepared: Prepared, folder: RunFolder, console: Console) -> dict[str, Any]:
+    settings = TrainSettings(
+        iterations=cfg.train.iterations, batch_size=cfg.train.batch_size,
+        lrs=lrs_for(cfg.data.order, cfg.train.lr, cfg.train.lr_per_task), warmup_steps=cfg.train.warmup_steps,
+        weight_decay=cfg.train.weight_decay, label_smoothing=cfg.train.label_smoothing,
+        logit_scale=cfg.train.logit_scale, eval_batch_size=cfg.eval.batch_size,
+        checkpoint_every=cfg.train.checkpoint_every, bf16=cfg.train.bf16, num_workers=cfg.train.num_workers,
+        task_agnostic=cfg.eval.task_agnostic, seed=cfg.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    results: dict[str, Any] = {"order": cfg.data.order, "methods": {}}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as bar:
+        for mcfg in cfg.methods:
+            label = mcfg.name
+            sub = RunFolder(folder.path / label)
+            done = sub.results_path
+            if done.is_file():
+                results["methods"][label] = sub.read_results()
+                continue
+            seed_everything(cfg.seed)
+            backbone = get("backbone", cfg.backbone)(cfg.pretrained)
+            backbone.model.load_state_dict(prepared.backbone_state)
+            backbone.model.to(device)
+            ctx = Context(backbone=backbone, tasks=prepared.tasks, settings=settings, device=device,
+                          reference=prepared.reference)
+            method = get("method", mcfg.name)(**mcfg.model_dump(exclude={"name"}))
+            job = bar.add_task(label, total=settings.iterations)
+
+            def progress(task_name: str, step: int, total: int, job=job, label=label) -> None:
+                bar.update(job, completed=step, total=total, description=f"{label} · {task_name}")
+
+            acc = run_sequence(method, ctx, sub.checkpoints, progress)
+            metrics = mtil_metrics(acc)
+            entry = {"accuracy": acc, **metrics}
+            sub.path.mkdir(parents=True, exist_ok=True)
+            sub.write_results(entry)
+            folder.log(f"{label}: transfer {metrics['transfer']:.1f} avg {metrics['avg']:.1f} last {metrics['last']:.1f}")
+            results["methods"][label] = entry
+            bar.remove_task(job)
+    return results
+
+
+def report(results: dict[str, Any], folder: RunFolder, console: Console) -> None:
+    """Terminal table + report.md with the per-dataset rows and one accuracy heatmap per method."""
+    rows = [{"method": name, "Transfer": r["transfer"], "Avg": r["avg"], "Last": r["last"]}
+            for name, r in results["methods"].items()]
+    print_table("Continual learning: Transfer / Avg / Last (%)", rows, console=console)
+    order = results["order"]
+    sections = [Section("Summary", text=f"Task order: {', '.join(order)}.", rows=rows)]
+    for name, r in results["methods"].items():
+        png = plots.accuracy_heatmap(r["accuracy"], order, folder.path / f"heatmap_{name}.png",
+                                     title=f"{name}: accuracy after each task (%)")
+        per = r["per_dataset"]
+        sections.append(Section(name, rows=[{"dataset": d, "Transfer": per["transfer"][j], "Avg": per["avg"][j],
+                                             "Last": per["last"][j]} for j, d in enumerate(order)],
+                                images=[png]))
+    write_report(folder.path, "Continual learning report", sections)
+
+
+register_recipe(Recipe("continual", ContinualConfig, prepare, run, report))

@@ -1,0 +1,133 @@
+"""Training utilities every recipe shares: optimizer, warmup + cosine schedule, accelerate setup.
+
+The schedule is ZSCL's `utils.cosine_lr` (reference/cl_clip_anchors.md §2: AdamW, betas
+(0.9, 0.999), 100 warmup steps then cosine to 0 over 1000 iterations per task); seed 000 trains
+with the same 1000 iterations of batch 64 per task (§3.5.2, §4.5.2.1).
+
+Multi-process training goes through `accelerate`: `accelerator.prepare` wraps the model in DDP and
+`accelerator.backward` averages gradients across processes, so every process holds the same
+weights after each step. On CPUs, launch with ``accelerate launch --multi_gpu --num_processes N``
+(accelerate's torchrun path) and build the accelerator with ``make_accelerator(cpu=True)``, which
+then joins a gloo process group; with accelerate 1.15, ``--cpu --num_processes N`` only starts N
+processes through ``mpirun`` with a hostfile and otherwise silently runs one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+from madapt.errors import ConfigError, UnknownNameError, closest
+from madapt.runs import seed_everything
+
+__all__ = [
+    "OPTIMIZERS", "build_optimizer", "make_accelerator", "seed_everything", "train_step", "warmup_cosine",
+]
+
+OPTIMIZERS = ("adamw", "sgd")
+MIXED_PRECISION = ("no", "bf16")
+
+
+def build_optimizer(
+    params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+    name: str = "adamw",
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    momentum: float = 0.9,
+) -> Optimizer:
+    """AdamW (ZSCL's default: betas (0.9, 0.999), weight decay 0) or SGD with momentum.
+
+    ``params`` is either tensors (frozen ones, ``requires_grad=False``, are dropped so a method can
+    pass ``model.parameters()``) or torch param-group dicts, whose own keys override the defaults.
+    """
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        groups = [dict(g, params=[p for p in g["params"] if p.requires_grad]) for g in params]
+        groups = [g for g in groups if g["params"]]
+    else:
+        groups = [p for p in params if p.requires_grad]
+    if not groups:
+        raise ValueError("build_optimizer got no trainable parameters (all frozen or none given)")
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise UnknownNameError(
+        f"optimizer '{name}'",
+        "is not a known optimizer" + closest(name, OPTIMIZERS),
+        f"one of: {', '.join(OPTIMIZERS)}",
+    )
+
+
+def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int) -> LambdaLR:
+    """Linear warmup then cosine decay to 0, exactly ZSCL's `cosine_lr`.
+
+    For step s (0-based; call ``scheduler.step()`` after each ``optimizer.step()``) every group's
+    lr is ``base * (s + 1) / warmup`` while ``s < warmup``, then
+    ``base * 0.5 * (1 + cos(pi * e / es))`` with ``e = s - warmup`` and ``es = total - warmup``.
+    Past ``total_steps`` the lr stays 0 (ZSCL never steps that far; its cosine would rise again).
+    Keep the scheduler out of ``accelerator.prepare``: accelerate's wrapper steps it once per
+    process, which would run the schedule N times too fast under ``--num_processes N``.
+    """
+    if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
+        raise ValueError(
+            f"need 0 <= warmup_steps <= total_steps and total_steps >= 1; got {warmup_steps}, {total_steps}"
+        )
+    decay_steps = total_steps - warmup_steps
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if decay_steps == 0:
+            return 0.0
+        e = min(step - warmup_steps, decay_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * e / decay_steps))
+
+    return LambdaLR(optimizer, factor)
+
+
+def make_accelerator(mixed_precision: str = "no", cpu: bool = False) -> Accelerator:
+    """An `accelerate.Accelerator`; under ``accelerate launch`` it joins the process group.
+
+    Only ``"no"`` and ``"bf16"`` are offered: fp16 needs a GPU loss scaler and the references
+    train in fp32 (reference/cl_clip_anchors.md §1, weights cast to fp32).
+    """
+    if mixed_precision not in MIXED_PRECISION:
+        raise ConfigError(
+            "mixed_precision",
+            f"'{mixed_precision}' is not supported",
+            f"one of: {', '.join(MIXED_PRECISION)}",
+        )
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+
+
+def train_step(
+    model: torch.nn.Module,
+    batch: Any,
+    loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+    optimizer: Optimizer,
+    accelerator: Accelerator,
+    scheduler: LambdaLR | None = None,
+    max_grad_norm: float | None = None,
+) -> float:
+    """One optimisation step: ``loss_fn(model, batch)``, backward (gradients averaged across
+    processes), optional clipping, optimizer and scheduler step. Returns this process's loss."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    with accelerator.autocast():
+        loss = loss_fn(model, batch)
+    accelerator.backward(loss)
+    if max_grad_norm is not None:
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return float(loss.detach())
