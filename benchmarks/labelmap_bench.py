@@ -1,6 +1,6 @@
 """Label-mapping time and peak memory on an ImageNet-22K-sized problem (issue 4, benchmark (a)).
 
-    python benchmarks/labelmap_bench.py [--quick] [--full-baseline] [--repeats K]
+    python benchmarks/labelmap_bench.py [--quick] [--full-baseline] [--repeats K] [--threads T]
 
 Problem: n_source = 21,843 source classes (ImageNet-22K), n_target = 555 (NABirds),
 N = 24,633 training outputs, random logits (scale 3) and uniform random labels, generated in
@@ -166,9 +166,9 @@ def worker_pot_emd(n_source: int, n_target: int, n: int) -> dict:
 WORKERS = {"ours": worker_ours, "ilmvp": worker_ilmvp, "pot_emd": worker_pot_emd}
 
 
-def run_worker(name: str, n_source: int, n_target: int, n: int) -> dict:
+def run_worker(name: str, n_source: int, n_target: int, n: int, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", name, "--n-source", str(n_source),
-           "--n-target", str(n_target), "--n", str(n)]
+           "--n-target", str(n_target), "--n", str(n), "--threads", str(threads)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, check=True)
     except subprocess.TimeoutExpired:
@@ -192,13 +192,13 @@ def mem_available_mb() -> float:
     return float("nan")
 
 
-def baseline(n_source: int, n_target: int, n: int, full: bool) -> dict:
+def baseline(n_source: int, n_target: int, n: int, full: bool, threads: int) -> dict:
     """ILM-VP at full N, or at two reduced N with a linear extrapolation in N."""
     need_mb = 16 * n * n_source / 2**20  # float32 chunks + their concatenation + int64 one-hot
     if full:
-        return {**run_worker("ilmvp", n_source, n_target, n), "extrapolated": False}
+        return {**run_worker("ilmvp", n_source, n_target, n, threads), "extrapolated": False}
     small = [max(CHUNK, n // 6), max(2 * CHUNK, n // 3)]
-    runs = [run_worker("ilmvp", n_source, n_target, m) for m in small]
+    runs = [run_worker("ilmvp", n_source, n_target, m, threads) for m in small]
     if any("error" in r for r in runs):
         return {"error": [r.get("error") for r in runs]}
 
@@ -223,21 +223,26 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small problem (seconds), same code paths")
     parser.add_argument("--full-baseline", action="store_true", help="run ILM-VP at full N (~8.6 GB)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of ours (median reported)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch threads in every worker (default: torch's default)")
     parser.add_argument("--worker", choices=sorted(WORKERS))
     parser.add_argument("--n-source", type=int)
     parser.add_argument("--n-target", type=int)
     parser.add_argument("--n", type=int)
     args = parser.parse_args()
     if args.worker:
+        torch.set_num_threads(args.threads)
         print(json.dumps(WORKERS[args.worker](args.n_source, args.n_target, args.n)))
         return
 
     size = QUICK if args.quick else FULL
     load_before = os.getloadavg()
-    ours_runs = [run_worker("ours", size["n_source"], size["n_target"], size["n"]) for _ in range(args.repeats)]
+    ours_runs = [run_worker("ours", size["n_source"], size["n_target"], size["n"], args.threads)
+                 for _ in range(args.repeats)]
     ours = median_run(ours_runs)
-    ilmvp = baseline(size["n_source"], size["n_target"], size["n"], args.full_baseline or args.quick)
-    pot = run_worker("pot_emd", size["n_source"], size["n_target"], size["n"])
+    full_baseline = args.full_baseline or args.quick
+    ilmvp = baseline(size["n_source"], size["n_target"], size["n"], full_baseline, args.threads)
+    pot = run_worker("pot_emd", size["n_source"], size["n_target"], size["n"], args.threads)
 
     def ratio(a: dict, b: dict, key_a: str, key_b: str) -> float | None:
         return round(a[key_a] / b[key_b], 4) if key_a in a and key_b in b and b[key_b] else None
@@ -245,7 +250,7 @@ def main() -> None:
     report = {
         "benchmark": "labelmap (a): mapping time and peak memory, ImageNet-22K-sized",
         "problem": {**size, "chunk_rows": CHUNK, "inputs": "random logits * 3, softmax per chunk"},
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads,
                     "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
                     "mem_available_mb": round(mem_available_mb())},
         "memory_measure": "peak RSS (getrusage ru_maxrss) increase of a fresh worker process over its value "

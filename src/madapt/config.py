@@ -74,7 +74,7 @@ def resolve(name_or_path: str) -> Path:
     preset = presets_dir() / f"{name_or_path}.yaml"
     if preset.is_file():
         return preset
-    if path.suffix in {".yaml", ".yml"} or path.parent != Path("."):
+    if path.suffix in {".yaml", ".yml"}:
         if path.exists():
             raise ConfigError(str(path), "is not a file", "a YAML config file")
         raise ConfigError(str(path), "no such config file", "an existing YAML file or a preset name")

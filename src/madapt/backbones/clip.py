@@ -107,7 +107,8 @@ def load_clip(arch: str, pretrained: str | os.PathLike[str] | None = None, *, pr
         weights = None
     state_dict = _read(weights) if weights is not None else None
 
-    with _quiet_random_init_notice() if state_dict is not None else contextlib.nullcontext():
+    # random init was asked for (pretrained=None) or our own loader follows: the notice is noise either way
+    with _quiet_random_init_notice():
         model = open_clip.create_model(
             arch, pretrained=None, precision=precision, force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
             force_preprocess_cfg=merge_preprocess_dict({}, tag_cfg),

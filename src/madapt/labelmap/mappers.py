@@ -121,7 +121,8 @@ class LabelMapper(ABC):
         if self.mapping_ is None:
             raise RuntimeError(f"{type(self).__name__}.transform called before fit")
         if source_logits.shape[-1] != self.n_source_:
-            raise DataError(f"label mapping '{self.name}' source_logits", f"shape {tuple(source_logits.shape)}",
+            raise DataError(f"label mapping '{self.name}' source_logits",
+                            f"shape {tuple(source_logits.shape)}",
                             f"last dimension {self.n_source_} (the source classes seen at fit)")
         index = torch.as_tensor(self.mapping_, device=source_logits.device)
         return source_logits.index_select(-1, index)
