@@ -54,6 +54,7 @@ class TrainSettings:
     bf16: bool = False
     num_workers: int = 0
     task_agnostic: bool = False
+    class_incremental: bool = False  # CIL: after step i, predict among all classes seen so far
     seed: int = 0
 
 
@@ -201,7 +202,11 @@ def evaluate(method: ContinualMethod, ctx: Context, task: int) -> float:
     for images, labels in eval_batches(spec.test, ctx.settings.eval_batch_size, ctx.settings.num_workers):
         images, labels = images.to(ctx.device), labels.to(ctx.device)
         with ctx.autocast():
-            if ctx.settings.task_agnostic:
+            if ctx.settings.class_incremental:
+                seen = ctx.current.class_offset + ctx.current.n_classes
+                logits = method.logits(images, None, ctx)[:, :seen]
+                pred = logits.float().argmax(dim=-1) - spec.class_offset
+            elif ctx.settings.task_agnostic:
                 pred = method.logits(images, None, ctx).float().argmax(dim=-1) - spec.class_offset
             else:
                 pred = method.logits(images, task, ctx).float().argmax(dim=-1)
@@ -233,7 +238,7 @@ def run_sequence(
     ctx: Context,
     checkpointer: Checkpointer,
     progress: Callable[[str, int, int], None] | None = None,
-) -> list[list[float]]:
+) -> list[list[float | None]]:
     """Train and evaluate ``method`` over ``ctx.tasks``; returns the T x T accuracy matrix."""
     settings = ctx.settings
     pretrained = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
@@ -245,7 +250,7 @@ def run_sequence(
     resume_state: dict[str, Any] | None = None
     if saved is not None:
         task, step, phase = saved.unit["task"], saved.unit["step"], saved.unit["phase"]
-        acc = [list(map(float, row)) for row in saved.state["acc"]]
+        acc = [[None if v is None else float(v) for v in row] for row in saved.state["acc"]]
         load_changed(ctx.model, pretrained, saved.state["model"])
         resume_state = saved.state
     report = progress or (lambda *_: None)
@@ -304,7 +309,9 @@ def run_sequence(
             set_rng_state(resume_state["rng"])
             resume_state = None
         ctx.forget_heads()
-        acc.append([evaluate(method, ctx, j) for j in range(len(ctx.tasks))])
+        # CIL rows stop at the current step: unseen classes are not in the label space yet
+        acc.append([evaluate(method, ctx, j) if not settings.class_incremental or j <= task else None
+                    for j in range(len(ctx.tasks))])
         task, step, phase = task + 1, 0, "train"
         checkpoint(task, step, phase, {})
     return acc

@@ -19,8 +19,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from madapt.config import Recipe, Strict, register_recipe
 from madapt.continual.engine import Context, TrainSettings, lrs_for, run_sequence
-from madapt.continual.metrics import mtil_metrics
-from madapt.continual.tasks import ArrayDataset, Task
+from madapt.continual.metrics import cil_metrics, mtil_metrics
+from madapt.continual.tasks import ArrayDataset, StepView, Task
 from madapt.errors import ConfigError, DataError, closest
 from madapt.registry import get, names
 from madapt.report import plots
@@ -30,8 +30,10 @@ from madapt.runs import RunFolder, seed_everything
 
 
 class DataConfig(Strict):
-    collection: Literal["micro", "mtil"] = Field("micro", description="generated MTIL-micro or real MTIL folders")
-    order: list[str] = Field(..., min_length=1, description="datasets in training order (seed 000 §3.5.1)")
+    collection: Literal["micro", "mtil", "cil"] = Field("micro", description="generated micro world, real MTIL or CIL folders")
+    order: list[str] = Field(default_factory=list, description="datasets in training order (seed 000 §3.5.1)")
+    cil: str | None = Field(None, description="class-incremental setting: cifar100/10|20|50, tinyimagenet/5|10|20, "
+                                             "micro/<steps> (seed 000 §3.5.1.1)")
     shots: int | None = Field(None, ge=1, description="few-shot MTIL: images per class (ConDU: 5)")
     train_size: int = Field(1200, ge=1, description="micro: generated training images per domain")
     test_size: int = Field(1000, ge=1, description="micro: generated test images per domain (>= 1,000)")
@@ -96,6 +98,10 @@ class ContinualConfig(Strict):
 
     @model_validator(mode="after")
     def _known_datasets(self) -> "ContinualConfig":
+        if self.data.cil is not None:
+            return self._check_cil()
+        if not self.data.order:
+            raise ConfigError("data.order", "is empty", "datasets in training order (or data.cil for CIL)")
         known = [n.split("/", 1)[1] for n in names("dataset") if n.startswith(f"{self.data.collection}/")]
         for i, name in enumerate(self.data.order):
             if name not in known:
@@ -103,6 +109,23 @@ class ContinualConfig(Strict):
                                   + closest(name, known), "one of: " + ", ".join(sorted(known)))
         if self.data.collection == "mtil" and not self.data_root:
             raise ConfigError("data_root", "is missing", "the folder holding the MTIL datasets (data_root=DIR)")
+        return self
+
+
+    def _check_cil(self) -> "ContinualConfig":
+        from madapt.data.cil import CIL_SETTINGS
+
+        valid = [*CIL_SETTINGS, "micro/<steps>"]
+        setting = self.data.cil
+        micro = setting.startswith("micro/") and setting.split("/", 1)[1].isdigit()
+        if not micro and setting not in CIL_SETTINGS:
+            raise ConfigError("data.cil", f"unknown setting '{setting}'" + closest(setting, CIL_SETTINGS),
+                              "one of: " + ", ".join(valid))
+        if micro != (self.data.collection == "micro") or (not micro and self.data.collection != "cil"):
+            raise ConfigError("data.collection", f"'{self.data.collection}' does not fit data.cil '{setting}'",
+                              "collection micro for micro/<steps>, cil for cifar100/* and tinyimagenet/*")
+        if not micro and not self.data_root:
+            raise ConfigError("data_root", "is missing", "the folder holding the CIL datasets (data_root=DIR)")
         return self
 
 
@@ -167,11 +190,66 @@ def _mtil_tasks(cfg: ContinualConfig, backbone) -> tuple[list[Task], Reference |
     return tasks, reference
 
 
+def _cil_tasks(cfg: ContinualConfig, backbone) -> tuple[list[Task], Reference | None]:
+    """Class-incremental steps: one `Task` per step, labels local to the step (seed 000 §3.5.1.1)."""
+    setting = cfg.data.cil
+    if setting.startswith("micro/"):
+        from madapt.data import synthetic
+
+        spec = synthetic.micro_domains()[synthetic.CIL_MICRO]
+        steps = synthetic.cil_micro_steps(int(setting.split("/")[1]), seed=1993)
+        train = ArrayDataset(*synthetic.make_split(spec.name, "train", cfg.data.train_size, cfg.seed),
+                             backbone.mean, backbone.std)
+        test = ArrayDataset(*synthetic.make_split(spec.name, "test", cfg.data.test_size, cfg.seed),
+                            backbone.mean, backbone.std)
+        classnames, templates = list(spec.classnames), list(spec.templates)
+        _, reference = _micro_tasks(cfg.model_copy(update={"data": cfg.data.model_copy(update={"order": []})}), backbone)
+    else:
+        from madapt.data import mtil
+        from madapt.data.cil import cil_protocol
+        from madapt.data.fewshot import labels_of
+
+        name = "cil/" + setting.split("/")[0]
+        spec = mtil.spec_of(name)
+        steps = cil_protocol(setting)
+        train = spec.load(cfg.data_root, "train", backbone.preprocess_train)
+        test = spec.load(cfg.data_root, "test", backbone.preprocess_val)
+        classnames = spec.classnames or mtil.class_names(name, cfg.data_root)
+        templates, reference = spec.templates, None
+    train_labels, test_labels = _labels(train), _labels(test)
+    tasks, offset = [], 0
+    for k, classes in enumerate(steps):
+        tasks.append(Task(f"step{k + 1}", [classnames[c] for c in classes], templates,
+                          _subset(train, train_labels, classes), _subset(test, test_labels, classes),
+                          class_offset=offset))
+        offset += len(classes)
+    return tasks, reference
+
+
+def _labels(dataset) -> list[int]:
+    from madapt.data.fewshot import labels_of
+
+    labels = getattr(dataset, "labels", None)
+    return [int(y) for y in labels] if labels is not None else labels_of(dataset)
+
+
+def _subset(dataset, labels: list[int], classes: list[int]):
+    """A step's view; in-memory micro arrays stay arrays (vectorised batches)."""
+    if isinstance(dataset, ArrayDataset):
+        local = {c: i for i, c in enumerate(classes)}
+        keep = [i for i, y in enumerate(labels) if y in local]
+        view = ArrayDataset.__new__(ArrayDataset)
+        view.images, view.mean, view.std = dataset.images[keep], dataset.mean, dataset.std
+        view.labels = torch.as_tensor([local[labels[i]] for i in keep], dtype=torch.long)
+        return view
+    return StepView(dataset, labels, classes)
+
+
 def prepare(cfg: ContinualConfig) -> Prepared:
     """Load the backbone and every dataset (all user-input errors surface here, before any write)."""
     seed_everything(cfg.seed)
     backbone = get("backbone", cfg.backbone)(cfg.pretrained)
-    builder = _micro_tasks if cfg.data.collection == "micro" else _mtil_tasks
+    builder = _cil_tasks if cfg.data.cil else _micro_tasks if cfg.data.collection == "micro" else _mtil_tasks
     tasks, reference = builder(cfg, backbone)
     for m in cfg.methods:
         if m.name == "zscl" and reference is None:
@@ -185,15 +263,16 @@ def prepare(cfg: ContinualConfig) -> Prepared:
 
 
 def run(cfg: ContinualConfig, prepared: Prepared, folder: RunFolder, console: Console) -> dict[str, Any]:
+    order = [t.name for t in prepared.tasks]
     settings = TrainSettings(
         iterations=cfg.train.iterations, batch_size=cfg.train.batch_size,
-        lrs=lrs_for(cfg.data.order, cfg.train.lr, cfg.train.lr_per_task), warmup_steps=cfg.train.warmup_steps,
+        lrs=lrs_for(order, cfg.train.lr, cfg.train.lr_per_task), warmup_steps=cfg.train.warmup_steps,
         weight_decay=cfg.train.weight_decay, label_smoothing=cfg.train.label_smoothing,
         logit_scale=cfg.train.logit_scale, eval_batch_size=cfg.eval.batch_size,
         checkpoint_every=cfg.train.checkpoint_every, bf16=cfg.train.bf16, num_workers=cfg.train.num_workers,
-        task_agnostic=cfg.eval.task_agnostic, seed=cfg.seed)
+        task_agnostic=cfg.eval.task_agnostic, class_incremental=cfg.data.cil is not None, seed=cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    results: dict[str, Any] = {"order": cfg.data.order, "methods": {}}
+    results: dict[str, Any] = {"order": order, "protocol": "cil" if cfg.data.cil else "mtil", "methods": {}}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, transient=True) as bar:
         for mcfg in cfg.methods:
@@ -216,11 +295,16 @@ def run(cfg: ContinualConfig, prepared: Prepared, folder: RunFolder, console: Co
                 bar.update(job, completed=step, total=total, description=f"{label} · {task_name}")
 
             acc = run_sequence(method, ctx, sub.checkpoints, progress)
-            metrics = mtil_metrics(acc)
-            entry = {"accuracy": acc, **metrics}
+            if cfg.data.cil:
+                sizes = [len(t.test) for t in prepared.tasks]
+                steps = [sum(a * n for a, n in zip(row[: i + 1], sizes)) / sum(sizes[: i + 1])
+                         for i, row in enumerate(acc)]
+                entry = {"accuracy": acc, "step_accuracy": steps, **cil_metrics(steps)}
+            else:
+                entry = {"accuracy": acc, **mtil_metrics(acc)}
             sub.path.mkdir(parents=True, exist_ok=True)
             sub.write_results(entry)
-            folder.log(f"{label}: transfer {metrics['transfer']:.1f} avg {metrics['avg']:.1f} last {metrics['last']:.1f}")
+            folder.log(f"{label}: " + ", ".join(f"{k} {entry[k]:.1f}" for k in ("transfer", "avg", "last") if k in entry))
             results["methods"][label] = entry
             bar.remove_task(job)
     return results
@@ -228,10 +312,12 @@ def run(cfg: ContinualConfig, prepared: Prepared, folder: RunFolder, console: Co
 
 def report(results: dict[str, Any], folder: RunFolder, console: Console) -> None:
     """Terminal table + report.md with the per-dataset rows and one accuracy heatmap per method."""
+    order = results["order"]
+    if results.get("protocol") == "cil":
+        return _report_cil(results, folder, console)
     rows = [{"method": name, "Transfer": r["transfer"], "Avg": r["avg"], "Last": r["last"]}
             for name, r in results["methods"].items()]
     print_table("Continual learning: Transfer / Avg / Last (%)", rows, console=console)
-    order = results["order"]
     sections = [Section("Summary", text=f"Task order: {', '.join(order)}.", rows=rows)]
     for name, r in results["methods"].items():
         png = plots.accuracy_heatmap(r["accuracy"], order, folder.path / f"heatmap_{name}.png",
@@ -241,6 +327,17 @@ def report(results: dict[str, Any], folder: RunFolder, console: Console) -> None
                                              "Last": per["last"][j]} for j, d in enumerate(order)],
                                 images=[png]))
     write_report(folder.path, "Continual learning report", sections)
+
+
+def _report_cil(results: dict[str, Any], folder: RunFolder, console: Console) -> None:
+    """CIL: average incremental accuracy and last step, plus the accuracy curve over steps."""
+    rows = [{"method": name, "Avg": r["avg"], "Last": r["last"]} for name, r in results["methods"].items()]
+    print_table("Class-incremental learning: Avg / Last (%)", rows, console=console)
+    steps = list(range(1, len(results["order"]) + 1))
+    png = plots.curves(steps, {n: r["step_accuracy"] for n, r in results["methods"].items()},
+                       folder.path / "cil_curve.png", "step", "accuracy on seen classes (%)", "CIL accuracy")
+    write_report(folder.path, "Class-incremental learning report",
+                 [Section("Summary", text=f"{len(steps)} steps.", rows=rows, images=[png])])
 
 
 register_recipe(Recipe("continual", ContinualConfig, prepare, run, report))

@@ -65,3 +65,24 @@ class ArrayDataset(Dataset):
         idx = torch.as_tensor(indices, dtype=torch.long)
         images = self.images[idx].float().div_(255.0)
         return (images - self.mean) / self.std, self.labels[idx]
+
+
+class StepView(Dataset):
+    """The samples of ``dataset`` whose class is in ``classes``, relabelled 0..len(classes)-1.
+
+    One class-incremental step (seed 000 §3.5.1.1): the step's own label space; the engine places
+    it in the union of seen classes through `Task.class_offset`.
+    """
+
+    def __init__(self, dataset: Dataset, labels: Sequence[int], classes: Sequence[int]) -> None:
+        local = {int(c): i for i, c in enumerate(classes)}
+        self.dataset = dataset
+        self.indices = [i for i, y in enumerate(labels) if int(y) in local]
+        self.labels = torch.as_tensor([local[int(labels[i])] for i in self.indices], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, _ = self.dataset[self.indices[i]]
+        return image, self.labels[i]
