@@ -36,7 +36,7 @@ def test_every_preset_validates_and_round_trips():
     names = preset_names()
     assert "demo/default" in names
     for name in names:
-        if name.startswith("mtil/") or name.startswith("fewshot"):
+        if name.startswith(("mtil/", "fewshot", "cil/")):
             cfg = load_config(name, ["data_root=/data"])
         else:
             cfg = load_config(name)

@@ -73,6 +73,11 @@ def grads_of(loss: torch.Tensor, model: torch.nn.Module) -> dict[str, torch.Tens
     return {n: (None if p.grad is None else p.grad.clone()) for n, p in model.named_parameters()}
 
 
+def relative_gap(a: dict, b: dict) -> float:
+    """max over parameters of |a - b| / |b| (parameters without a gradient in b are skipped)."""
+    return max(float((a[n] - g).norm() / g.norm()) for n, g in b.items() if g is not None and g.norm() > 0)
+
+
 def is_text(name: str) -> bool:
     return not name.startswith("visual.") and name != "logit_scale"
 
@@ -117,16 +122,15 @@ def test_lwf_distillation_is_at_its_minimum_when_student_equals_teacher(ctx_fact
 
     g_full = grads_of(method.loss(batch, ctx), ctx.model)
     g_ce = grads_of(ce_loss(batch, ctx), ctx.model)
-    for name, g in g_ce.items():
-        if g is not None:
-            torch.testing.assert_close(g_full[name], g, rtol=1e-4, atol=1e-6, msg=name)
+    assert relative_gap(g_full, g_ce) < 1e-3  # float32 noise only
+
 
     with torch.no_grad():  # student moves away from the teacher: now the term pulls back
         for p_ in ctx.model.visual.parameters():
             p_.add_(0.05 * torch.randn_like(p_))
     g_full = grads_of(method.loss(batch, ctx), ctx.model)
     g_ce = grads_of(ce_loss(batch, ctx), ctx.model)
-    assert not torch.allclose(g_full["visual.proj"], g_ce["visual.proj"], rtol=1e-3, atol=1e-6)
+    assert relative_gap(g_full, g_ce) > 1e-2
 
 
 def test_lwf_vr_words_are_a_pure_function_of_seed_task_step(ctx_factory):
