@@ -308,7 +308,8 @@ def run_sequence(
             method.load_state_dict(resume_state["method"])
             set_rng_state(resume_state["rng"])
             resume_state = None
-        ctx.forget_heads()
+        if not getattr(method, "text_frozen", False):  # e.g. zero-shot keeps its heads for every row
+            ctx.forget_heads()
         # CIL rows stop at the current step: unseen classes are not in the label space yet
         acc.append([evaluate(method, ctx, j) if not settings.class_incremental or j <= task else None
                     for j in range(len(ctx.tasks))])
