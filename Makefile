@@ -10,7 +10,6 @@ PYTEST_ARGS ?=
 
 $(BIN)/madapt: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -m pip install -q $(TORCH_PIN) 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -c "import madapt, torch, open_clip, timm, transformers" 
