@@ -4,7 +4,7 @@ docstrings, one paragraph per line, stored xz-compressed in the package.
 Run ONCE by a maintainer; the recipe only reads the stored file, so results do not change with the
 Python version installed. Usage::
 
-    python scripts/gather_stdlib_corpus.py [--max-bytes 2500000] [--out src/madapt/assets/corpus/stdlib_docstrings.txt.xz]
+    python scripts/gather_stdlib_corpus.py [--max-bytes 2500000] [--out PATH.txt.xz]
 
 Paragraphs (blank-line separated blocks of a docstring) have their whitespace collapsed to single
 spaces, duplicates are dropped, and files are visited in sorted order, so the output is
@@ -47,8 +47,8 @@ def paragraphs(doc: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-bytes", type=int, default=2_500_000)
-    parser.add_argument("--out", type=Path,
-                        default=Path(__file__).resolve().parents[1] / "src/madapt/assets/corpus/stdlib_docstrings.txt.xz")
+    default_out = Path(__file__).resolve().parents[1] / "src/madapt/assets/corpus/stdlib_docstrings.txt.xz"
+    parser.add_argument("--out", type=Path, default=default_out)
     args = parser.parse_args()
     root = Path(sysconfig.get_paths()["stdlib"])
     seen: set[str] = set()

@@ -19,6 +19,8 @@ MODULES = (
     "madapt.labelmap",
     "madapt.continual.methods",
     "madapt.continual.recipe",
+    "madapt.prompting.visual",
+    "madapt.tokenizers.adat",
 )
 
 

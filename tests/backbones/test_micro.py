@@ -21,9 +21,11 @@ from madapt.backbones.micro import (
 from madapt.data.synthetic import DOMAINS, make_split, vocabulary_words
 from madapt.errors import WeightsError
 
-# Measured with scripts/calibrate_micro.py on the shipped weights (see assets/micro_clip/README.md).
+# scripts/calibrate_micro.py measured 59.6 % zero-shot on the 1,000-image colour test split of the
+# shipped weights (assets/micro_clip/README.md); chance is 10 %. The floor leaves room for the noise
+# of 200 images (about +-3.5 points) and fails for an untrained or broken model.
 ZERO_SHOT_DOMAIN = "colour"
-ZERO_SHOT_FLOOR = 10.0 + 25.0  # chance (10 classes) + margin; measured zero-shot is in the README
+ZERO_SHOT_FLOOR = 10.0 + 30.0
 
 
 @pytest.fixture(scope="module")

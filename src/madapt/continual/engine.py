@@ -279,6 +279,8 @@ def run_sequence(
                                             weight_decay=settings.weight_decay)
                 scheduler = warmup_cosine(optimizer, settings.warmup_steps, settings.iterations)
             if resume_state is not None:
+                # before_task may have reset the weights (individual FT restarts from theta_0)
+                load_changed(ctx.model, pretrained, resume_state["model"])
                 method.load_state_dict(resume_state["method"])
                 optimizer.load_state_dict(resume_state["optimizer"])
                 scheduler.load_state_dict(resume_state["scheduler"])

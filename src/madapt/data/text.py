@@ -64,7 +64,8 @@ def _is_jsonl(path: Path) -> bool:
     return bool(suffixes) and suffixes[-1] in (".jsonl", ".json")
 
 
-def iter_texts(path: str | Path, stats: ReadStats | None = None, max_bytes: int | None = None) -> Iterator[str]:
+def iter_texts(path: str | Path, stats: ReadStats | None = None,
+               max_bytes: int | None = None) -> Iterator[str]:
     """Stream the documents of a corpus file, skipping (and counting in ``stats``) bad lines.
 
     Stops after the document that brings the kept UTF-8 bytes to ``max_bytes``.
@@ -110,5 +111,6 @@ def read_texts(name_or_path: str, max_bytes: int | None = None) -> tuple[list[st
     try:
         texts = list(iter_texts(path, stats, max_bytes))
     except (OSError, EOFError, lzma.LZMAError) as err:
-        raise DataError(f"corpus '{name_or_path}'", f"cannot be read ({err})", "a readable text file") from None
+        raise DataError(f"corpus '{name_or_path}'", f"cannot be read ({err})",
+                        "a readable text file") from None
     return texts, stats

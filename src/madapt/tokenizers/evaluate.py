@@ -31,7 +31,15 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from madapt.backbones.causal_lm import build_causal_lm
 from madapt.errors import DataError
-from madapt.tokenizers.lm_scoring import Encode, LMSettings, accumulate_loss, pack, sp_encoder, stream, train_lm
+from madapt.tokenizers.lm_scoring import (
+    Encode,
+    LMSettings,
+    accumulate_loss,
+    pack,
+    sp_encoder,
+    stream,
+    train_lm,
+)
 
 BPE_SEPARATOR = "<|endoftext|>"
 
@@ -59,10 +67,13 @@ def train_unigram(texts: Sequence[str], vocab_size: int, *, character_coverage: 
             sentence_iterator=iter(texts), model_writer=buffer, model_type="unigram", vocab_size=vocab_size,
             byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
             character_coverage=character_coverage, max_sentencepiece_length=max_piece_length,
-            num_threads=num_threads, minloglevel=2, train_extremely_large_corpus=False)
+            num_threads=num_threads, minloglevel=2)
     except RuntimeError as err:
         detail = " ".join(str(err).split())[-120:]
-        raise DataError(where, f"too small to train a {vocab_size}-piece Unigram vocabulary (sentencepiece: {detail})",
+        if "Vocabulary size too high" not in detail:
+            raise DataError(where, f"sentencepiece cannot train on it ({detail})", "a usable text corpus") from None
+        raise DataError(where, f"too small to train a {vocab_size}-piece Unigram vocabulary "
+                        f"(sentencepiece: {detail})",
                         "more text, or a smaller vocabulary size") from None
     return buffer.getvalue()
 
@@ -123,7 +134,8 @@ def evaluate(candidate: Candidate, train_texts: Sequence[str], eval_texts: Seque
     losses = train_lm(model, blocks, steps, settings, seed)
     eval_ids = stream(candidate.encode, eval_texts, candidate.sep_id)
     eval_blocks = pack(eval_ids, settings.seq_len, candidate.sep_id)
-    nll = float(accumulate_loss(model, eval_blocks, candidate.vocab_size, settings.eval_batch_size).total.sum())
+    acc = accumulate_loss(model, eval_blocks, candidate.vocab_size, settings.eval_batch_size)
+    nll = float(acc.total.sum())
     n_bytes, n_tokens = text_bytes(eval_texts), len(eval_ids)
     return {
         "vocab_size": candidate.vocab_size,

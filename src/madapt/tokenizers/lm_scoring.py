@@ -58,9 +58,13 @@ class Blocks:
 
 
 def sp_encoder(sp: spm.SentencePieceProcessor, sample: bool = False, alpha: float = 0.1) -> Encode:
-    """Batch encoder for a sentencepiece model: Viterbi, or sampling over the full lattice."""
+    """Batch encoder for a sentencepiece model: Viterbi, or sampling over the full lattice.
+
+    Sampling encodes one text per call: sentencepiece's batch call reseeds its samplers from the
+    global seed on every call, so repeated batches would repeat the same "random" segmentation.
+    """
     if sample:
-        return lambda texts: sp.encode(texts, enable_sampling=True, alpha=alpha, nbest_size=-1)
+        return lambda texts: [sp.encode(t, enable_sampling=True, alpha=alpha, nbest_size=-1) for t in texts]
     return lambda texts: sp.encode(texts)
 
 

@@ -5,9 +5,11 @@ Each step adds, to the task loss:
   images against the teacher's embeddings of all reference captions, both ways (image->text logits
   and their transpose), weights 1 and 1; the student's text encoder is not in this term;
 - the *sum* of squared differences to the task-start weights (``l2``);
-- a weight ensemble: every ``average_every`` steps, iteration 0 included, the running mean
-  we = (we * n + theta) / (n + 1), started from the task-start weights; the averaged model replaces
-  theta at the end of the task.
+- a weight ensemble as ZSCL's loop does it: the average starts as the task-start weights (n = 1);
+  after the optimizer step of every iteration i with i % ``average_every`` == 0 (iteration 0
+  included) it absorbs the current weights, we = (we * n + theta) / (n + 1); the final weights are
+  absorbed too (ZSCL runs iterations 0..1000, so its last one is an averaging point); the averaged
+  model replaces theta at the end of the task.
 Teacher caption embeddings are computed once per task (the teacher is frozen, so they never change).
 """
 
@@ -64,8 +66,9 @@ class ZSCL:
         self.caption_feats = torch.cat([F.normalize(self.teacher.encode_text(chunk).float(), dim=-1)
                                         for chunk in tokens.split(512)])
         self.start = snapshot(ctx.model)
-        self.average = {k: v.clone() for k, v in self.start.items()}
-        self.n_averaged = 0
+        # without the ensemble no second model copy is kept (a ViT-B/16 copy is 600 MB per checkpoint)
+        self.average = {k: v.clone() for k, v in self.start.items()} if self.weight_ensemble else {}
+        self.n_averaged = 1
 
     @torch.no_grad()
     def _update_average(self, model: torch.nn.Module) -> None:
@@ -75,12 +78,17 @@ class ZSCL:
         self.n_averaged = n + 1
 
     def loss(self, batch, ctx) -> torch.Tensor:
-        if self.weight_ensemble and ctx.step % self.average_every == 0:
+        # the weights now are those after step (ctx.step - 1): absorb them if that was an averaging step
+        if self.weight_ensemble and ctx.step >= 1 and (ctx.step - 1) % self.average_every == 0:
             self._update_average(ctx.model)
         loss = ce_loss(batch, ctx)
         ref = ctx.reference.images
         idx = batch_indices(len(ref), self.reference_batch_size, ctx.step, ctx.settings.seed * 17 + ctx.task)
-        images = ref.batch(idx)[0] if hasattr(ref, "batch") else torch.stack([ref[i][0] for i in idx])
+        if hasattr(ref, "batch"):
+            images = ref.batch(idx)[0]
+        else:  # ReferenceImages items are bare images; labelled datasets give (image, label)
+            items = [ref[i] for i in idx]
+            images = torch.stack([it[0] if isinstance(it, (tuple, list)) else it for it in items])
         images = images.to(ctx.device)
         scale = ctx.settings.logit_scale
         with torch.no_grad():
@@ -96,6 +104,7 @@ class ZSCL:
 
     def after_task(self, ctx) -> None:
         if self.weight_ensemble:
+            self._update_average(ctx.model)
             assign(ctx.model, self.average)
 
     def logits(self, images: torch.Tensor, task: int | None, ctx) -> torch.Tensor:

@@ -1,0 +1,378 @@
+"""Recipe ``kind: adat``: adaptive tokenizers pruned with the LM's own loss (seed 000 ch. 5).
+
+Pipeline (Fig. 5.1, §5.4.2): a large sentencepiece Unigram vocabulary is trained on the corpus;
+each round (eqs. 5.3-5.5) trains a fresh GPT-NeoX on sampled segmentations, sums every piece's
+cross-entropy on a held-out slice (b), computes the Unigram removal loss (a, eq. 5.2), combines
+them with the balance function and momentum, prunes the lowest-scoring non-required pieces down to
+the round's size, re-estimates the scores by EM and exports the next round's ``.model``. Finally
+every variant (ablations of Table 5.5 are variants) is compared with Unigram and BPE baselines
+at the same vocabulary size by training the same LM on the same text (`tokenizers.evaluate`).
+
+Resume: a checkpoint after each round holds the current model proto (uint8 tensor), the momentum
+values aligned to its pieces, the round index, the RNG states and the round history. Every round
+reseeds from ``seed`` and the round index, so a resumed run prunes exactly like an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import sentencepiece as spm
+import torch
+from pydantic import Field, model_validator
+from rich.console import Console
+
+from madapt.config import Recipe, Strict, register_recipe
+from madapt.data.text import ReadStats, read_texts
+from madapt.errors import ConfigError, DataError
+from madapt.report import plots
+from madapt.report.markdown import Section, write_report
+from madapt.report.tables import print_table
+from madapt.runs import Checkpointer, RunFolder, atomic_write_json, rng_state, set_rng_state
+from madapt.tokenizers import evaluate as ev
+from madapt.tokenizers.export import export, model_proto
+from madapt.tokenizers.lm_scoring import LMSettings, piece_lm_loss
+from madapt.tokenizers.scoring import adat_score, carry_over, momentum, prune
+from madapt.tokenizers.unigram import (
+    UnigramModel,
+    WordCorpus,
+    reestimate_scores,
+    removal_loss,
+    viterbi,
+    word_counts,
+)
+
+BASELINES = ("unigram", "bpe")
+
+
+class LMConfig(Strict):
+    preset: str = Field("pythia-micro", description="a GPT-NeoX preset from madapt.backbones.causal_lm")
+    seq_len: int = Field(128, ge=8, description="Pythia: 2048")
+    batch_size: int = Field(16, gt=0, description="sequences per step (Pythia: 1024)")
+    lr: float = Field(1e-3, gt=0, description="Pythia-70M: 1e-3")
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_frac: float = Field(0.01, ge=0, le=1, description="Pythia: 1% warmup")
+    eval_batch_size: int = Field(32, gt=0)
+
+    def settings(self) -> LMSettings:
+        return LMSettings(**self.model_dump())
+
+
+class VariantConfig(Strict):
+    name: str = Field("adat", pattern=r"^[A-Za-z0-9_.-]+$")
+    balance: Literal["ratio", "diff", "logdiff"] = Field("ratio", description="Table 5.5: F(a, b)")
+    lam: float = Field(1.0, gt=0, description="λ of eq. 5.4")
+    beta: float = Field(0.9, ge=0, description="momentum β of eq. 5.5 (0 = no momentum)")
+    momentum_on: Literal["score", "lm_loss"] = Field("score", description="what eq. 5.5 smooths")
+
+
+class EvalConfig(Strict):
+    enabled: bool = True
+    baselines: list[Literal["unigram", "bpe"]] = Field(default_factory=lambda: list(BASELINES))
+    epochs: int = Field(2, gt=0, description="passes over the (equal-bytes) training text")
+    train_bytes: int | None = Field(None, gt=0, description="cap on training text bytes (None = all)")
+    lm: LMConfig | None = Field(None, description="evaluation LM; default: the scoring LM")
+
+
+class AdatConfig(Strict):
+    kind: Literal["adat"]
+    seed: int = 0
+    threads: int = Field(1, ge=1, description="torch intra-op threads (1 is fastest for micro models)")
+    corpus: str = Field("stdlib_docstrings",
+                        description="a bundled corpus name or a .txt/.jsonl(.xz/.gz) path")
+    max_corpus_bytes: int | None = Field(None, gt=0)
+    score_fraction: float = Field(0.1, gt=0, lt=0.5, description="held-out slice for the LM loss b")
+    eval_fraction: float = Field(0.1, gt=0, lt=0.5, description="held-out slice for the evaluation")
+    initial_vocab: int = Field(8000, gt=0, description="§5.4.2: 150k in the paper")
+    target_vocab: int = Field(2000, gt=0, description="paper: 50k")
+    rounds: int = Field(3, gt=0, description="paper: 5 (used when no schedule is given)")
+    schedule: list[int] | None = Field(None, description="vocabulary size after each round")
+    character_coverage: float = Field(0.9995, gt=0, le=1)
+    sampling_alpha: float = Field(0.1, gt=0, description="sentencepiece sampling smoothing (§5.3.2.1)")
+    round_train_tokens: int = Field(200_000, gt=0, description="LM training tokens per round (paper ~0.3B)")
+    reestimate_iters: int = Field(2, ge=0, description="EM iterations after each pruning")
+    unseen_pieces: Literal["impute", "infinite"] = Field(
+        "impute",
+        description="b of pieces absent from the scoring slice: expected count x mean CE, or 0 (score +inf)")
+    lm: LMConfig = LMConfig()
+    variants: list[VariantConfig] = Field(default_factory=lambda: [VariantConfig()], min_length=1)
+    evaluate: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> "AdatConfig":
+        if self.target_vocab > self.initial_vocab:
+            raise ConfigError("target_vocab",
+                              f"{self.target_vocab} is larger than initial_vocab {self.initial_vocab}",
+                              "a target no larger than the initial vocabulary (pruning only removes pieces)")
+        sizes = self.sizes()
+        if sizes[-1] != self.target_vocab:
+            raise ConfigError("schedule",
+                              f"{sizes} ends at {sizes[-1]}, not target_vocab {self.target_vocab}",
+                              "a schedule whose last size is the target")
+        steps = [self.initial_vocab, *sizes]
+        if any(b > a for a, b in zip(steps, steps[1:])):
+            raise ConfigError("schedule", f"{sizes} grows somewhere after initial_vocab {self.initial_vocab}",
+                              "non-increasing sizes from initial_vocab down to target_vocab")
+        names = [v.name for v in self.variants]
+        clash = [n for n in names if n in BASELINES or names.count(n) > 1]
+        if clash:
+            raise ConfigError("variants", f"name '{clash[0]}' is repeated or a baseline name", "unique names")
+        if self.round_train_tokens < self.lm.seq_len:
+            raise ConfigError("round_train_tokens", f"{self.round_train_tokens}",
+                              f">= lm.seq_len ({self.lm.seq_len})")
+        return self
+
+    def sizes(self) -> list[int]:
+        """Vocabulary size after each round: the schedule, or a linear one (as in the reference notes)."""
+        if self.schedule:
+            return list(self.schedule)
+        drop = self.initial_vocab - self.target_vocab
+        return [self.initial_vocab - round(drop * (r + 1) / self.rounds) for r in range(self.rounds)]
+
+
+@dataclass
+class Prepared:
+    train: list[str]
+    score: list[str]
+    eval: list[str]
+    words: WordCorpus
+    initial_proto: bytes
+    stats: ReadStats
+    seconds: float
+
+
+def prepare(cfg: AdatConfig) -> Prepared:
+    """Read and split the corpus and train the initial vocabulary; every user-input error is here."""
+    start = time.perf_counter()
+    texts, stats = read_texts(cfg.corpus, cfg.max_corpus_bytes)
+    if len(texts) < 10:
+        raise DataError(f"corpus '{cfg.corpus}'",
+                        f"has {len(texts)} usable lines ({stats.n_skipped} skipped)",
+                        "at least 10 non-empty UTF-8 documents")
+    order = np.random.default_rng(cfg.seed).permutation(len(texts))
+    n_eval = max(1, round(cfg.eval_fraction * len(texts)))
+    n_score = max(1, round(cfg.score_fraction * len(texts)))
+    eval_texts = [texts[i] for i in order[:n_eval]]
+    score_texts = [texts[i] for i in order[n_eval:n_eval + n_score]]
+    train = [texts[i] for i in order[n_eval + n_score:]]
+    proto = ev.train_unigram(train, cfg.initial_vocab, character_coverage=cfg.character_coverage,
+                             num_threads=2, where=f"corpus '{cfg.corpus}'")
+    required = int(UnigramModel.from_sentencepiece(proto).required_mask().sum())
+    if required > cfg.target_vocab:
+        raise ConfigError("target_vocab", f"{cfg.target_vocab} is below the {required} required pieces "
+                          "(specials, 256 bytes, every character)", f"at least {required}")
+    seconds = time.perf_counter() - start
+    return Prepared(train, score_texts, eval_texts, word_counts(train), proto, stats, seconds)
+
+
+def _summary(values: np.ndarray) -> dict[str, float]:
+    finite = values[np.isfinite(values)]
+    q = np.quantile(finite, [0.1, 0.5, 0.9]) if finite.size else [float("nan")] * 3
+    return {"p10": float(q[0]), "median": float(q[1]), "p90": float(q[2]),
+            "n_inf": int((~np.isfinite(values)).sum())}
+
+
+def viterbi_counts(model: UnigramModel, words: WordCorpus) -> np.ndarray:
+    """How often each piece is on the Viterbi path of the (training) corpus."""
+    index = {p: i for i, p in enumerate(model.pieces)}
+    counts = np.zeros(len(model.pieces))
+    for path, n in zip(viterbi(model, words.words), words.counts):
+        for piece in path:
+            counts[index.get(piece, model.unk_id)] += n
+    return counts
+
+
+def impute_unseen(b: np.ndarray, count: np.ndarray, freq: np.ndarray) -> np.ndarray:
+    """b for pieces that never occur in the scoring slice: their expected number of occurrences
+    there (Viterbi frequency share x slice tokens) times the slice's mean CE per token.
+
+    Literally eq. 5.3 gives them b = 0, so the ratio a / log(b + 1) is +inf and they can never be
+    pruned. With the paper's 0.1B scoring tokens almost every piece occurs; at micro scale most
+    rare pieces do not, and the literal rule would prune the frequent pieces first.
+    """
+    n_tokens = count.sum()
+    if n_tokens == 0 or freq.sum() == 0:
+        return b
+    expected = freq / freq.sum() * n_tokens
+    return np.where(count > 0, b, expected * (b.sum() / n_tokens))
+
+
+def run_rounds(cfg: AdatConfig, variant: VariantConfig, data: Prepared, checkpoints: Checkpointer,
+               on_round: Callable[[int, dict[str, Any]], None] | None = None,
+               ) -> tuple[bytes, list[dict[str, Any]]]:
+    """The pruning loop for one variant; resumes from ``checkpoints``. Returns the final model
+    proto and one history entry per round. ``on_round(r, entry)`` runs after round r's checkpoint."""
+    saved = checkpoints.load()
+    if saved is None:
+        proto, prev, history, start = data.initial_proto, None, [], 0
+    else:
+        proto = bytes(saved.state["proto"].numpy().tobytes())
+        history, start = list(saved.state["history"]), int(saved.unit["round"])
+        pieces = UnigramModel.from_sentencepiece(proto).pieces
+        prev = None
+        if saved.state["has_momentum"]:
+            prev = dict(zip(pieces, saved.state["momentum"].double().numpy()))
+        set_rng_state(saved.state["rng"])
+    for r, size in enumerate(cfg.sizes()[start:], start=start):
+        t0, c0 = time.perf_counter(), time.process_time()
+        model = UnigramModel.from_sentencepiece(proto)
+        seed = cfg.seed + 1009 * (r + 1)
+        acc, losses = piece_lm_loss(proto, data.train, data.score, cfg.round_train_tokens, cfg.lm.settings(),
+                                    seed, alpha=cfg.sampling_alpha)
+        b = acc.total.numpy()
+        if cfg.unseen_pieces == "impute":
+            b = impute_unseen(b, acc.count.numpy(), viterbi_counts(model, data.words))
+        if variant.momentum_on == "lm_loss":
+            b = momentum(None if prev is None else carry_over(prev, model.pieces), b, variant.beta)
+            prev = dict(zip(model.pieces, b))
+        a = removal_loss(model, data.words)
+        score = adat_score(a, b, variant.balance, variant.lam)
+        if variant.momentum_on == "score":
+            # Finite stand-ins for ±inf so that β·(+inf) + (−inf) can never give NaN.
+            score = momentum(None if prev is None else carry_over(prev, model.pieces),
+                             np.nan_to_num(score, posinf=1e300, neginf=-1e300), variant.beta)
+            prev = dict(zip(model.pieces, score))
+        keep = prune(model.pieces, score, len(model.pieces) - size, model.required_mask())
+        pruned = reestimate_scores(model.subset(keep), data.words, cfg.reestimate_iters)
+        proto = model_proto(proto, pruned)
+        lowest = np.flatnonzero(~keep)[np.argsort(score[~keep], kind="stable")]
+        history.append({
+            "round": r + 1, "size_before": len(model.pieces), "size_after": len(pruned.pieces),
+            "pruned": int((~keep).sum()), "lowest_pruned": [model.pieces[i] for i in lowest[:12]],
+            "unseen_in_scoring": int(((acc.count == 0).numpy() & model.matchable).sum()),
+            "lm_train_loss": float(np.mean(losses[-10:])),
+            "lm_heldout_loss": float(acc.total.sum() / acc.count.sum()),
+            "a": _summary(a), "b": _summary(b), "score": _summary(score),
+            "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+        })
+        kept_momentum = carry_over(prev, pruned.pieces) if prev is not None else np.zeros(len(pruned.pieces))
+        checkpoints.save({"round": r + 1}, {
+            "proto": torch.frombuffer(bytearray(proto), dtype=torch.uint8), "has_momentum": prev is not None,
+            "momentum": torch.from_numpy(kept_momentum), "history": history, "rng": rng_state()})
+        if on_round is not None:
+            on_round(r + 1, history[-1])
+    return proto, history
+
+
+def _evaluate_all(cfg: AdatConfig, data: Prepared, protos: dict[str, bytes], folder: RunFolder,
+                  console: Console) -> dict[str, dict[str, Any]]:
+    """Baselines at the target size plus every variant, each LM trained on the same text."""
+    candidates = {name: ev.sentencepiece_candidate(name, p) for name, p in protos.items()}
+    if "unigram" in cfg.evaluate.baselines:
+        proto = ev.train_unigram(data.train, cfg.target_vocab, character_coverage=cfg.character_coverage)
+        export(proto, UnigramModel.from_sentencepiece(proto), folder.path / "baselines" / "unigram")
+        candidates["unigram"] = ev.sentencepiece_candidate("unigram", proto)
+    if "bpe" in cfg.evaluate.baselines:
+        tok = ev.train_bpe(data.train, cfg.target_vocab)
+        (folder.path / "baselines" / "bpe").mkdir(parents=True, exist_ok=True)
+        tok.save(str(folder.path / "baselines" / "bpe" / "tokenizer.json"))
+        candidates["bpe"] = ev.bpe_candidate("bpe", tok)
+    train = data.train
+    if cfg.evaluate.train_bytes is not None:
+        train, total = [], 0
+        for text in data.train:
+            if total >= cfg.evaluate.train_bytes:
+                break
+            train.append(text)
+            total += len(text.encode("utf-8")) + 1
+    settings = (cfg.evaluate.lm or cfg.lm).settings()
+    out: dict[str, dict[str, Any]] = {}
+    for name, cand in candidates.items():
+        path = folder.path / "eval" / f"{name}.json"
+        if path.is_file():  # resumed run: this tokenizer's LM is already trained and scored
+            out[name] = json.loads(path.read_text(encoding="utf-8"))
+            continue
+        t0, c0 = time.perf_counter(), time.process_time()
+        console.print(f"evaluating {name} ({cand.vocab_size} pieces)")
+        metrics = ev.evaluate(cand, train, data.eval, settings, cfg.evaluate.epochs, cfg.seed)
+        metrics.update(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
+        if "unigram" in candidates and name != "unigram":
+            metrics["overlap_with_unigram"] = ev.vocab_overlap(cand.pieces, candidates["unigram"].pieces)
+        atomic_write_json(path, metrics)
+        folder.log(f"eval {name}: {metrics['bits_per_byte']:.4f} bits/byte")
+        out[name] = metrics
+    return out
+
+
+def run(cfg: AdatConfig, data: Prepared, folder: RunFolder, console: Console) -> dict[str, Any]:
+    torch.set_num_threads(cfg.threads)
+    t0, c0 = time.perf_counter(), time.process_time()
+    results: dict[str, Any] = {
+        "corpus": {"name": cfg.corpus, "documents": data.stats.kept, "bytes": data.stats.kept_bytes,
+                   "skipped": data.stats.skipped, "train_docs": len(data.train),
+                   "score_docs": len(data.score), "eval_docs": len(data.eval)},
+        "schedule": [cfg.initial_vocab, *cfg.sizes()], "variants": {}, "prepare_seconds": data.seconds}
+    protos: dict[str, bytes] = {}
+    for variant in cfg.variants:
+        sub = RunFolder(folder.path / variant.name)
+
+        def log(r: int, entry: dict[str, Any], name: str = variant.name) -> None:
+            folder.log(f"{name} round {r}: {entry['size_before']} -> {entry['size_after']} pieces, "
+                       f"held-out LM loss {entry['lm_heldout_loss']:.3f}, {entry['seconds']:.0f} s")
+            console.print(f"{name} round {r}: {entry['size_before']} -> {entry['size_after']} "
+                          f"({entry['seconds']:.0f} s, {entry['cpu_seconds']:.0f} s CPU)")
+
+        proto, history = run_rounds(cfg, variant, data, sub.checkpoints, log)
+        final = UnigramModel.from_sentencepiece(proto)
+        sp_path, json_path = export(proto, final, sub.path)
+        sp = spm.SentencePieceProcessor(model_file=str(sp_path))  # check the file as written
+        lossless = all(sp.decode(sp.encode(t)) == t for t in data.eval)
+        results["variants"][variant.name] = {
+            **variant.model_dump(), "rounds": history, "final_size": len(final.pieces),
+            "roundtrip_lossless": lossless, "files": [sp_path.name, json_path.name]}
+        protos[variant.name] = proto
+    results["rounds_seconds"] = time.perf_counter() - t0
+    results["rounds_cpu_seconds"] = time.process_time() - c0
+    if cfg.evaluate.enabled:
+        results["evaluation"] = _evaluate_all(cfg, data, protos, folder, console)
+        uni = results["evaluation"].get("unigram")
+        if uni is not None:
+            results["beats_unigram_bpb"] = {
+                name: results["evaluation"][name]["bits_per_byte"] < uni["bits_per_byte"] for name in protos}
+    results["total_seconds"] = time.perf_counter() - t0 + data.seconds
+    results["total_cpu_seconds"] = time.process_time() - c0
+    return results
+
+
+def report(results: dict[str, Any], folder: RunFolder, console: Console) -> None:
+    """Comparison table (terminal + report.md), per-round tables and a held-out LM loss plot."""
+    sections = []
+    evaluation = results.get("evaluation", {})
+    rows = [{"tokenizer": name, "vocab": m["vocab_size"], "bits/byte": m["bits_per_byte"],
+             "token PPL (not comparable)": m["token_ppl"], "bytes/token": m["bytes_per_token"],
+             "train steps": m["train_steps"], "overlap w/ unigram": m.get("overlap_with_unigram")}
+            for name, m in evaluation.items()]
+    if rows:
+        print_table("ADAT vs baselines at equal vocabulary size (same LM, same training text)", rows,
+                    digits=3, console=console)
+        beats = results.get("beats_unigram_bpb", {})
+        verdicts = ", ".join(f"{n}: {'yes' if v else 'no'}" for n, v in beats.items())
+        sections.append(Section("Comparison", rows=rows, digits=3, text=(
+            "Bits per byte is the fair metric across vocabularies; token perplexity divides the same "
+            "NLL by a tokenizer-dependent token count and is shown only for comparison with the paper. "
+            f"Lower bits per byte than Unigram: {verdicts or 'n/a'}.")))
+    images = []
+    series = {}
+    for name, v in results["variants"].items():
+        round_rows = [{k: e[k] for k in ("round", "size_before", "size_after", "unseen_in_scoring",
+                                         "lm_train_loss", "lm_heldout_loss", "seconds")}
+                      | {"lowest pruned": " ".join(e["lowest_pruned"][:6])} for e in v["rounds"]]
+        heading = f"Rounds: {name} (balance {v['balance']}, β {v['beta']} on {v['momentum_on']})"
+        sections.append(Section(heading,
+                                rows=round_rows, digits=3, text=f"Final size {v['final_size']}, round trip "
+                                f"lossless: {v['roundtrip_lossless']}."))
+        series[name] = [e["lm_heldout_loss"] for e in v["rounds"]]
+    if series:
+        xs = list(range(1, len(next(iter(series.values()))) + 1))
+        images.append(plots.curves(xs, series, folder.path / "heldout_loss.png", "round",
+                                   "held-out LM loss per token (nats)", "Scoring LM per round"))
+        sections.append(Section("Scoring LM", images=images))
+    write_report(folder.path, "ADAT report", sections)
+
+
+register_recipe(Recipe("adat", AdatConfig, prepare, run, report))

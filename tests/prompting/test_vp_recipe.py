@@ -1,0 +1,189 @@
+"""Recipe ``kind: visual_prompt`` end to end on tiny configs: variants, resume, mapping refresh, errors."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from madapt import catalog, registry
+from madapt.backbones.classifier import load_classifier
+from madapt.config import load_config
+from madapt.errors import ConfigError, DataError, UnknownNameError
+from madapt.prompting import visual
+from madapt.recipes import run_experiment
+from madapt.runs import Checkpointer, save_tensors
+
+catalog.load_all()
+VARIANTS = ["hardcoded", "random", "flm", "ilm", "otlm", "otlm_train_pass", "ilm_train_pass",
+            "linear_probe", "full_finetune"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    save_tensors(path, load_classifier("madapt-tiny-resnet50").model.state_dict())
+    return path
+
+
+def tiny(weights: Path, *extra: str) -> list[str]:
+    return [f"backbone=madapt-tiny-resnet50", f"weights={weights}", "data.name=digits",
+            "data.train_per_class=3", "data.test_per_class=2", "train.epochs=2", "train.batch_size=8",
+            "eval_batch_size=64", *extra]
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=120)
+
+
+def test_every_variant_gets_a_result_and_the_report_is_written(weights, tmp_path) -> None:
+    results = run_experiment("vp/micro_otlm", tiny(weights), tmp_path / "run", False, quiet())
+    assert set(results["variants"]) == set(VARIANTS)
+    for tag, r in results["variants"].items():
+        assert 0.0 <= r["accuracy"] <= 100.0 and len(r["history"]) == 2, tag
+    v = results["variants"]
+    assert v["hardcoded"]["mapping"] == list(range(10))
+    for tag in ("random", "flm", "ilm", "otlm", "otlm_train_pass"):
+        assert len(set(v[tag]["mapping"])) == 10 and max(v[tag]["mapping"]) < 1000
+    assert v["otlm"]["mapping_source"] == "extra_pass"
+    assert v["otlm_train_pass"]["mapping_source"] == "train_pass"
+    assert v["flm"]["mapping_source"] is None
+    prompt_params = 3 * 32 * 32
+    assert v["otlm"]["trainable_params"] == prompt_params
+    assert v["linear_probe"]["trainable_params"] < v["full_finetune"]["trainable_params"]
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "OTLM" in report and "Figure 6.4" in report and "zero" in report
+    assert (tmp_path / "run" / "mapping.png").is_file() and (tmp_path / "run" / "loss.png").is_file()
+
+
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(weights, tmp_path, monkeypatch) -> None:
+    args = tiny(weights, "train.epochs=3",
+                "variants=[otlm, {name: ilm, mapping_source: train_pass}, linear_probe]")
+    clean = run_experiment("vp/micro_otlm", args, tmp_path / "clean", False, quiet())
+    calls = {"n": 0}
+    save = Checkpointer.save
+
+    def crash_after_four(self, unit, state):
+        calls["n"] += 1
+        if calls["n"] > 4:  # otlm finished (3 epochs), ilm crashes after its first epoch
+            raise KeyboardInterrupt
+        return save(self, unit, state)
+
+    monkeypatch.setattr(Checkpointer, "save", crash_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment("vp/micro_otlm", args, tmp_path / "crash", False, quiet())
+    monkeypatch.setattr(Checkpointer, "save", save)
+    pointer = tmp_path / "crash" / "ilm" / "checkpoints" / "latest.json"
+    assert json.loads(pointer.read_text())["unit"] == {"epoch": 1}
+    resumed = run_experiment("vp/micro_otlm", args, tmp_path / "crash", True, quiet())
+    for tag in ("otlm", "ilm", "linear_probe"):
+        a, b = clean["variants"][tag], resumed["variants"][tag]
+        assert a["accuracy"] == b["accuracy"] and a.get("mapping") == b.get("mapping"), tag
+        assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]], tag
+
+
+def test_train_pass_skips_the_extra_passes(weights, monkeypatch) -> None:
+    cfg = load_config("vp/micro_otlm", tiny(weights, "train.epochs=3"))
+    prepared = visual.prepare(cfg)
+    passes = {"n": 0}
+    real = visual.mapping_pass
+
+    def counting(*args, **kwargs):
+        passes["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(visual, "mapping_pass", counting)
+    counts = {}
+    for variant in cfg.variants:
+        if variant.tag in ("flm", "ilm", "otlm", "otlm_train_pass", "ilm_train_pass"):
+            passes["n"] = 0
+            entry = visual.fit_variant(cfg, prepared, variant)
+            counts[variant.tag] = passes["n"]
+            assert len(set(entry["mapping"])) == 10
+    # ILM-VP: a pass before each of the 3 epochs; train_pass: only the initial one; FLM: once
+    assert counts == {"flm": 1, "ilm": 3, "otlm": 3, "otlm_train_pass": 1, "ilm_train_pass": 1}
+
+
+def test_vpt_deep_variant_trains_only_prompt_tokens(tmp_path) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "vit.safetensors"
+    vit = load_classifier("madapt-tiny-vit").model
+    save_tensors(path, vit.state_dict())
+    args = ["backbone=madapt-tiny-vit", f"weights={path}", "data.name=digits", "data.train_per_class=2",
+                   "data.test_per_class=1", "train.epochs=1", "prompt.kind=vpt_deep", "prompt.tokens=3",
+                   "variants=[otlm]"]
+    cfg = load_config("vp/micro_otlm", args)
+    entry = visual.fit_variant(cfg, visual.prepare(cfg), cfg.variants[0])
+    assert entry["trainable_params"] == len(vit.blocks) * 3 * vit.embed_dim
+    assert len(set(entry["mapping"])) == 10
+    with pytest.raises(ConfigError, match="VisionTransformer"):
+        visual.prepare(load_config("vp/micro_otlm", ["prompt.kind=vpt_deep", "data.train_per_class=1",
+                                                     "data.test_per_class=1"]))
+
+
+def test_unknown_mapper_is_an_unknown_name_error(weights) -> None:
+    with pytest.raises(UnknownNameError, match="did you mean 'otlm'"):
+        load_config("vp/micro_otlm", tiny(weights, "variants=[otlmm]"))
+
+
+def test_bad_mapper_option_and_duplicate_labels_are_config_errors(weights) -> None:
+    with pytest.raises(ConfigError, match="variants.0.options"):
+        load_config("vp/micro_otlm", tiny(weights, "variants=[{name: flm, options: {solver: lsa}}]"))
+    with pytest.raises(ConfigError, match="used twice"):
+        load_config("vp/micro_otlm", tiny(weights, "variants=[otlm, otlm]"))
+
+
+def test_more_target_than_source_classes_is_a_config_error(tmp_path, monkeypatch) -> None:
+    torch.manual_seed(0)
+    path = tmp_path / "five.safetensors"
+    save_tensors(path, load_classifier("madapt-tiny-resnet50", num_classes=5).model.state_dict())
+    monkeypatch.setitem(registry._ENTRIES["backbone"], "tiny-five",
+                        functools.partial(load_classifier, "madapt-tiny-resnet50", num_classes=5))
+    cfg = load_config("vp/micro_otlm", [f"backbone=tiny-five", f"weights={path}", "data.name=digits",
+                                        "data.train_per_class=1", "data.test_per_class=1"])
+    with pytest.raises(ConfigError, match="n_target <= n_source"):
+        visual.prepare(cfg)
+
+
+def test_real_data_needs_data_root_and_its_layout(weights, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="data.data_root"):
+        visual.prepare(load_config("vp/micro_otlm", tiny(weights, "data.name=cub200")))
+    with pytest.raises(ConfigError, match="weights"):
+        visual.prepare(load_config("vp/micro_otlm", ["backbone=resnet50"]))
+    cfg = load_config("vp/micro_otlm", tiny(weights, "data.name=cub200", f"data.data_root={tmp_path}"))
+    with pytest.raises(DataError, match="cub200"):
+        visual.prepare(cfg)
+    assert not (tmp_path / "cub200").exists()
+
+
+def test_shots_fraction_subsamples_the_training_set(weights) -> None:
+    cfg = load_config("vp/micro_otlm", tiny(weights, "data.train_per_class=20", "data.shots_fraction=0.1"))
+    prepared = visual.prepare(cfg)
+    labels = prepared.data.train_labels[prepared.train_index]
+    assert sorted(labels.tolist()) == sorted(list(range(10)) * 2)
+
+
+def test_every_vp_preset_validates_once_weights_and_data_root_are_given() -> None:
+    from madapt.config import preset_names
+
+    vp_presets = [n for n in preset_names() if n.startswith("vp/")]
+    assert "vp/micro_otlm" in vp_presets and "vp/otlm_vitb22k_cub200" in vp_presets
+    assert load_config("vp/micro_otlm").variants[0].name == "hardcoded"
+    for name in vp_presets:
+        if name.startswith("vp/micro_"):
+            assert load_config(name).backbone == "micro-source"  # offline presets need nothing
+            continue
+        with pytest.raises(ConfigError, match="weights|data_root"):
+            visual.check_required(load_config(name))
+        cfg = load_config(name, ["weights=/models/w.safetensors", "data.data_root=/data"])
+        assert cfg.kind == "visual_prompt" and cfg.train.optimizer == "sgd"
+        if name.startswith("vp/otlm_vitb22k"):
+            assert cfg.train.lr == 1e4 and cfg.train.epochs == 100  # seed 000 §6.5.2.1
+        if name.startswith("vp/otlm_resnet50"):
+            assert cfg.train.lr == 1e2

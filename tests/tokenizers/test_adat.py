@@ -1,0 +1,174 @@
+"""The ADAT recipe: schedule and input checks, exact final size with required pieces, resume."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+from rich.console import Console
+
+from madapt import catalog
+from madapt.config import load_config
+from madapt.data.text import read_texts
+from madapt.errors import ConfigError, DataError
+from madapt.runs import RunFolder
+from madapt.tokenizers import adat
+from madapt.tokenizers.unigram import UnigramModel
+
+catalog.load_all()
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "docs.txt"
+    path.write_text("\n".join(read_texts("stdlib_docstrings")[0][:400]) + "\n", encoding="utf-8")
+    return path
+
+
+def tiny(corpus: Path, **extra) -> adat.AdatConfig:
+    data = dict(kind="adat", corpus=str(corpus), initial_vocab=700, target_vocab=500, rounds=2,
+                round_train_tokens=300, lm=dict(seq_len=16, batch_size=4, eval_batch_size=16),
+                evaluate=dict(enabled=False))
+    data.update(extra)
+    return adat.AdatConfig.model_validate(data)
+
+
+@pytest.fixture(scope="module")
+def prepared(corpus_file: Path) -> adat.Prepared:
+    return adat.prepare(tiny(corpus_file))
+
+
+def test_linear_schedule_and_presets_validate(corpus_file: Path) -> None:
+    assert tiny(corpus_file, rounds=3, target_vocab=400).sizes() == [600, 500, 400]
+    assert tiny(corpus_file, schedule=[650, 500]).sizes() == [650, 500]
+    real = load_config("adat/pythia70m_50k", ["corpus=/data/x.jsonl"])
+    assert real.sizes() == [130000, 110000, 90000, 70000, 50000] and real.lm.preset == "pythia-70m"
+    assert load_config("adat/micro").sizes()[-1] == load_config("adat/micro").target_vocab
+
+
+@pytest.mark.parametrize("extra,match", [
+    (dict(target_vocab=800), "larger than initial_vocab"),
+    (dict(schedule=[650, 550]), "not target_vocab 500"),
+    (dict(schedule=[750, 500]), "grows"),
+    (dict(variants=[{"name": "unigram"}]), "baseline name"),
+])
+def test_bad_schedules_are_config_errors(corpus_file: Path, extra: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        tiny(corpus_file, **extra)
+
+
+def test_bad_corpus_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no such file"):
+        adat.prepare(tiny(tmp_path / "missing.txt"))
+    small = tmp_path / "small.txt"
+    small.write_text("".join(f"line number {i}\n" for i in range(30)), encoding="utf-8")
+    with pytest.raises(DataError, match="too small to train a 700-piece"):
+        adat.prepare(tiny(small))
+
+
+def test_target_below_required_pieces_is_a_config_error(corpus_file: Path) -> None:
+    with pytest.raises(ConfigError, match="required pieces"):
+        adat.prepare(tiny(corpus_file, target_vocab=300, rounds=1))
+
+
+def test_unseen_pieces_get_expected_count_times_mean_loss() -> None:
+    b, count, freq = np.array([3.0, 0, 5, 0]), np.array([1, 0, 2, 0]), np.array([2.0, 1, 4, 0])
+    # 3 scored tokens with 8 nats in total; piece 1 is expected 1/7 x 3 times at 8/3 nats each
+    np.testing.assert_allclose(adat.impute_unseen(b, count, freq), [3.0, 8 / 7, 5.0, 0.0])
+
+
+def test_viterbi_counts_match_sentencepiece(prepared) -> None:
+    model = UnigramModel.from_sentencepiece(prepared.initial_proto)
+    sp = spm.SentencePieceProcessor(model_proto=prepared.initial_proto)
+    expected = np.bincount([i for t in prepared.train for i in sp.encode(t)], minlength=len(model.pieces))
+    counts = adat.viterbi_counts(model, prepared.words)
+    matchable = model.matchable
+    # sentencepiece agrees on every matchable piece (byte-fallback ids stand in for unknown chars)
+    np.testing.assert_array_equal(counts[matchable], expected[matchable])
+
+
+def test_final_vocabulary_has_target_size_and_every_required_piece(prepared, tmp_path: Path) -> None:
+    cfg = tiny(Path("unused"))
+    proto, history = adat.run_rounds(cfg, cfg.variants[0], prepared, RunFolder(tmp_path).checkpoints)
+    initial = UnigramModel.from_sentencepiece(prepared.initial_proto)
+    final = UnigramModel.from_sentencepiece(proto)
+    assert len(final.pieces) == 500 and [h["size_after"] for h in history] == [600, 500]
+    required = {p for p, r in zip(initial.pieces, initial.required_mask()) if r}
+    assert required <= set(final.pieces)
+    assert set(final.pieces) < set(initial.pieces)  # pruning only removes
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    assert sp.get_piece_size() == 500
+    assert all(sp.decode(sp.encode(t)) == t for t in prepared.eval)
+    # scores were re-estimated by EM: a proper distribution over the matchable pieces
+    assert np.exp(final.scores[final.matchable]).sum() == pytest.approx(1.0, abs=0.05)
+
+
+def test_resume_after_an_interrupted_round_reproduces_the_vocabulary(prepared, tmp_path: Path) -> None:
+    cfg = tiny(Path("unused"))
+    variant = cfg.variants[0]
+    assert variant.beta > 0  # momentum state must survive the interruption too
+    straight, _ = adat.run_rounds(cfg, variant, prepared, RunFolder(tmp_path / "a").checkpoints)
+
+    class Killed(Exception):
+        pass
+
+    def kill(r: int, entry: dict) -> None:
+        raise Killed
+
+    checkpoints = RunFolder(tmp_path / "b").checkpoints
+    with pytest.raises(Killed):
+        adat.run_rounds(cfg, variant, prepared, checkpoints, on_round=kill)
+    assert checkpoints.load().unit == {"round": 1}
+    rounds_run = []
+    resumed, history = adat.run_rounds(cfg, variant, prepared, checkpoints,
+                                       on_round=lambda r, e: rounds_run.append(r))
+    assert rounds_run == [2] and len(history) == 2
+    a, b = UnigramModel.from_sentencepiece(straight), UnigramModel.from_sentencepiece(resumed)
+    assert a.pieces == b.pieces
+    np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_balance_function_changes_what_is_pruned(prepared, tmp_path: Path) -> None:
+    cfg = tiny(Path("unused"), rounds=1)
+    ratio, _ = adat.run_rounds(cfg, adat.VariantConfig(balance="ratio"), prepared,
+                               RunFolder(tmp_path / "r").checkpoints)
+    diff, _ = adat.run_rounds(cfg, adat.VariantConfig(balance="diff"), prepared,
+                              RunFolder(tmp_path / "d").checkpoints)
+    assert UnigramModel.from_sentencepiece(ratio).pieces != UnigramModel.from_sentencepiece(diff).pieces
+
+
+@pytest.mark.slow
+def test_recipe_run_and_report_with_evaluation(corpus_file: Path, prepared, tmp_path: Path) -> None:
+    cfg = tiny(corpus_file, rounds=1, evaluate=dict(epochs=1, train_bytes=20_000))
+    folder = RunFolder(tmp_path / "run")
+    folder.start("kind: adat\n")
+    results = adat.run(cfg, prepared, folder, Console(quiet=True))
+    adat.report(results, folder, Console(quiet=True))
+    assert set(results["evaluation"]) == {"adat", "unigram", "bpe"}
+    assert all(r["vocab_size"] == 500 for r in results["evaluation"].values())
+    assert results["beats_unigram_bpb"]["adat"] == (
+        results["evaluation"]["adat"]["bits_per_byte"] < results["evaluation"]["unigram"]["bits_per_byte"])
+    assert results["variants"]["adat"]["roundtrip_lossless"] is True
+    assert (folder.path / "adat" / "tokenizer.model").is_file()
+    assert (folder.path / "adat" / "tokenizer.json").is_file()
+    assert (folder.path / "baselines" / "bpe" / "tokenizer.json").is_file()
+    assert "bits/byte" in folder.report_path.read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_cli_reports_a_too_small_corpus_in_one_line(tmp_path: Path) -> None:
+    small = tmp_path / "small.txt"
+    small.write_text("".join(f"line number {i}\n" for i in range(30)), encoding="utf-8")
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "madapt.cli", "run", "adat/micro", f"corpus={small}",
+                             "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "too small to train a 8000-piece" in lines[0] and not out.exists()

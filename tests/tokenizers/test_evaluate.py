@@ -1,0 +1,77 @@
+"""Tokenizer evaluation: bits per byte by hand, overlap (eq. 5.6), baselines, equal-bytes training."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import sentencepiece as spm
+import torch
+
+from madapt.backbones.causal_lm import build_causal_lm
+from madapt.data.text import read_texts
+from madapt.errors import DataError
+from madapt.tokenizers import evaluate as ev
+from madapt.tokenizers.lm_scoring import LMSettings, accumulate_loss, pack
+
+
+@pytest.fixture(scope="module")
+def corpus() -> list[str]:
+    return read_texts("stdlib_docstrings")[0][:300]
+
+
+def test_bits_per_byte_of_a_uniform_model_equals_hand_computation() -> None:
+    vocab = 16
+    model = build_causal_lm("pythia-micro", vocab, seed=0)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.zero_()  # logits all 0: every next token has probability 1/16
+    texts = ["abc", "d\u00e9"]  # 3 + 3 UTF-8 bytes, + 1 newline per document = 8 bytes
+    ids = [5, 6, 7, 2, 8, 9, 2]  # 5 pieces + 2 separators = 7 predicted tokens
+    nll = float(accumulate_loss(model, pack(ids, 4, 2), vocab).total.sum())
+    assert nll == pytest.approx(7 * math.log(16))
+    assert ev.text_bytes(texts) == 8
+    assert ev.bits_per_byte(nll, ev.text_bytes(texts)) == pytest.approx(7 * 4 / 8)  # log2(16) = 4 bits
+    assert ev.bits_per_byte(8 * math.log(2), 4) == pytest.approx(2.0)
+
+
+def test_vocab_overlap_is_jaccard() -> None:
+    assert ev.vocab_overlap({"a", "b", "c"}, {"b", "c", "d"}) == pytest.approx(0.5)
+    assert ev.vocab_overlap({"a"}, {"a"}) == 1.0 and ev.vocab_overlap({"a"}, {"b"}) == 0.0
+
+
+def test_unigram_baseline_is_lossless_and_sized(corpus: list[str]) -> None:
+    proto = ev.train_unigram(corpus, 700)
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    assert sp.get_piece_size() == 700
+    for text in ["two  spaces,\ttab and trailing ", "unseen \u0416\u4e2d\U0001F600 chars", corpus[0]]:
+        assert sp.decode(sp.encode(text)) == text  # identity normalisation + byte fallback
+
+
+def test_too_small_corpus_is_a_data_error() -> None:
+    with pytest.raises(DataError, match="too small to train a 5000-piece"):
+        ev.train_unigram(["tiny corpus"] * 5, 5000, where="corpus 'x'")
+
+
+def test_bpe_baseline_size_and_round_trip(corpus: list[str]) -> None:
+    tok = ev.train_bpe(corpus, 700)
+    assert tok.get_vocab_size() == 700
+    text = "unseen \u0416\u4e2d\U0001F600 chars"
+    assert tok.decode(tok.encode(text).ids) == text
+    cand = ev.bpe_candidate("bpe", tok)
+    assert cand.sep_id == tok.token_to_id(ev.BPE_SEPARATOR) and len(cand.pieces) == 700
+
+
+def test_evaluate_trains_on_equal_bytes_and_metrics_agree(corpus: list[str]) -> None:
+    settings = LMSettings(seq_len=32, batch_size=4, eval_batch_size=16)
+    unigram = ev.sentencepiece_candidate("unigram", ev.train_unigram(corpus, 700))
+    bpe = ev.bpe_candidate("bpe", ev.train_bpe(corpus, 700))
+    train, held = corpus[:60], corpus[250:270]
+    results = {c.name: ev.evaluate(c, train, held, settings, epochs=1, seed=0) for c in (unigram, bpe)}
+    for name, r in results.items():
+        assert r["eval_bytes"] == ev.text_bytes(held)  # same held-out bytes for every tokenizer
+        assert r["bytes_per_token"] == pytest.approx(r["eval_bytes"] / r["eval_tokens"])
+        # BPB = (tokens / byte) x log2(token PPL): the two views of the same NLL
+        assert r["bits_per_byte"] == pytest.approx(math.log2(r["token_ppl"]) / r["bytes_per_token"])
+        assert r["train_steps"] == (r["train_tokens"] // 31) // 4
+    # equal bytes, not equal tokens: the tokenizers see different token counts
+    assert results["unigram"]["train_tokens"] != results["bpe"]["train_tokens"]
