@@ -17,6 +17,7 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,8 +263,9 @@ class RunFolder:
             atomic_write_text(self.config_path, config_yaml)
 
     def log(self, message: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         with open(self.log_path, "a", encoding="utf-8") as fh:
-            fh.write(message.rstrip("\n") + "\n")
+            fh.write(f"{stamp}  {message.rstrip()}\n")
 
     def write_results(self, results: Mapping[str, Any]) -> None:
         atomic_write_json(self.results_path, results)

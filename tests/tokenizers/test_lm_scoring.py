@@ -76,7 +76,7 @@ def test_sampled_segmentations_differ_but_decode_to_the_text(proto: bytes, corpu
     assert all(sp.decode(list(d)) == text for d in draws)
     viterbi = sp_encoder(sp)([text] * 3)
     assert viterbi[0] == viterbi[1] == viterbi[2] == sp.encode(text)
-    # one batch call re-samples every copy of a repeated text, and a seed reproduces the draws
+    # one batch call re-samples every copy of a repeated text; a seed reproduces the draws (in-process)
     spm.set_random_generator_seed(5)
     batch = sp_encoder(sp, sample=True)([text] * 6)
     spm.set_random_generator_seed(5)

@@ -163,7 +163,8 @@ def piece_lm_loss(model_proto: bytes, train_texts: Sequence[str], score_texts: S
     ``model_proto``, trained on ``train_tokens`` sampled-segmentation tokens, then scored on the
     Viterbi segmentation of ``score_texts``. Returns the accumulator and the training losses."""
     sp = spm.SentencePieceProcessor(model_proto=model_proto)
-    spm.set_random_generator_seed(seed)  # sentencepiece's sampling RNG is process-global
+    # Reproducible within one process; sentencepiece's draws still differ across processes.
+    spm.set_random_generator_seed(seed)
     sep = sp.eos_id()
     train_ids = sampled_stream(sp_encoder(sp, sample=True, alpha=alpha), train_texts, sep, train_tokens)
     train_blocks = pack(train_ids, settings.seq_len, sep, keep_partial=False)
