@@ -8,6 +8,8 @@ each task every dataset is evaluated with the template-ensemble head.
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +19,7 @@ from pydantic import Field, SerializeAsAny, field_validator, model_validator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from madapt import catalog
 from madapt.config import Recipe, Strict, register_recipe
 from madapt.continual.engine import Context, TrainSettings, lrs_for, run_sequence
 from madapt.continual.metrics import cil_metrics, mtil_metrics
@@ -71,6 +74,8 @@ class ContinualConfig(Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     methods: list[SerializeAsAny[Strict]] = Field(..., min_length=1)
+    workers: int = Field(1, ge=1, description="methods run side by side in this many processes")
+    threads: int | None = Field(None, ge=1, description="torch threads per process (default: torch's)")
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -98,6 +103,10 @@ class ContinualConfig(Strict):
 
     @model_validator(mode="after")
     def _known_datasets(self) -> "ContinualConfig":
+        names_seen = [m.name for m in self.methods]
+        for i, name in enumerate(names_seen):
+            if name in names_seen[:i]:
+                raise ConfigError(f"methods.{i}", f"'{name}' appears twice", "each method once (one sub-folder each)")
         if self.data.cil is not None:
             return self._check_cil()
         if not self.data.order:
@@ -262,52 +271,86 @@ def prepare(cfg: ContinualConfig) -> Prepared:
     return Prepared(state, tasks, reference)
 
 
-def run(cfg: ContinualConfig, prepared: Prepared, folder: RunFolder, console: Console) -> dict[str, Any]:
-    order = [t.name for t in prepared.tasks]
-    settings = TrainSettings(
+def _settings(cfg: ContinualConfig, order: list[str]) -> TrainSettings:
+    return TrainSettings(
         iterations=cfg.train.iterations, batch_size=cfg.train.batch_size,
         lrs=lrs_for(order, cfg.train.lr, cfg.train.lr_per_task), warmup_steps=cfg.train.warmup_steps,
         weight_decay=cfg.train.weight_decay, label_smoothing=cfg.train.label_smoothing,
         logit_scale=cfg.train.logit_scale, eval_batch_size=cfg.eval.batch_size,
         checkpoint_every=cfg.train.checkpoint_every, bf16=cfg.train.bf16, num_workers=cfg.train.num_workers,
         task_agnostic=cfg.eval.task_agnostic, class_incremental=cfg.data.cil is not None, seed=cfg.seed)
+
+
+def run_method(cfg: ContinualConfig, prepared: Prepared, index: int, folder: Path,
+               progress: Any = None) -> dict[str, Any]:
+    """One method over the whole sequence in ``folder`` (resumable); returns its results entry."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    mcfg = cfg.methods[index]
+    sub = RunFolder(folder)
+    if sub.finished:
+        return sub.read_results()
+    order = [t.name for t in prepared.tasks]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    results: dict[str, Any] = {"order": order, "protocol": "cil" if cfg.data.cil else "mtil", "methods": {}}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as bar:
-        for mcfg in cfg.methods:
-            label = mcfg.name
-            sub = RunFolder(folder.path / label)
-            done = sub.results_path
-            if done.is_file():
-                results["methods"][label] = sub.read_results()
-                continue
-            seed_everything(cfg.seed)
-            backbone = get("backbone", cfg.backbone)(cfg.pretrained)
-            backbone.model.load_state_dict(prepared.backbone_state)
-            backbone.model.to(device)
-            ctx = Context(backbone=backbone, tasks=prepared.tasks, settings=settings, device=device,
-                          reference=prepared.reference)
-            method = get("method", mcfg.name)(**mcfg.model_dump(exclude={"name"}))
-            job = bar.add_task(label, total=settings.iterations)
+    seed_everything(cfg.seed)
+    backbone = get("backbone", cfg.backbone)(cfg.pretrained)
+    backbone.model.load_state_dict(prepared.backbone_state)
+    backbone.model.to(device)
+    ctx = Context(backbone=backbone, tasks=prepared.tasks, settings=_settings(cfg, order), device=device,
+                  reference=prepared.reference)
+    method = get("method", mcfg.name)(**mcfg.model_dump(exclude={"name"}))
+    acc = run_sequence(method, ctx, sub.checkpoints, progress)
+    if cfg.data.cil:
+        sizes = [len(t.test) for t in prepared.tasks]
+        steps = [sum(a * n for a, n in zip(row[: i + 1], sizes)) / sum(sizes[: i + 1]) for i, row in enumerate(acc)]
+        entry = {"accuracy": acc, "step_accuracy": steps, **cil_metrics(steps)}
+    else:
+        entry = {"accuracy": acc, **mtil_metrics(acc)}
+    sub.path.mkdir(parents=True, exist_ok=True)
+    sub.write_results(entry)
+    return entry
 
-            def progress(task_name: str, step: int, total: int, job=job, label=label) -> None:
-                bar.update(job, completed=step, total=total, description=f"{label} · {task_name}")
 
-            acc = run_sequence(method, ctx, sub.checkpoints, progress)
-            if cfg.data.cil:
-                sizes = [len(t.test) for t in prepared.tasks]
-                steps = [sum(a * n for a, n in zip(row[: i + 1], sizes)) / sum(sizes[: i + 1])
-                         for i, row in enumerate(acc)]
-                entry = {"accuracy": acc, "step_accuracy": steps, **cil_metrics(steps)}
-            else:
-                entry = {"accuracy": acc, **mtil_metrics(acc)}
-            sub.path.mkdir(parents=True, exist_ok=True)
-            sub.write_results(entry)
-            folder.log(f"{label}: " + ", ".join(f"{k} {entry[k]:.1f}" for k in ("transfer", "avg", "last") if k in entry))
-            results["methods"][label] = entry
-            bar.remove_task(job)
-    return results
+def _worker(cfg: ContinualConfig, prepared: Prepared, index: int, folder: Path) -> dict[str, Any]:
+    catalog.load_all()  # a spawned process starts with empty registries
+    return run_method(cfg, prepared, index, folder)
+
+
+def run(cfg: ContinualConfig, prepared: Prepared, folder: RunFolder, console: Console) -> dict[str, Any]:
+    """Every method of ``cfg.methods`` in its own sub-folder; ``workers`` > 1 runs them side by side
+    in separate processes (one torch thread each is the fastest use of small CPUs)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    labels = [m.name for m in cfg.methods]
+    entries: dict[str, dict[str, Any]] = {}
+
+    def done(label: str, entry: dict[str, Any]) -> None:
+        entries[label] = entry
+        folder.log(f"{label}: " + ", ".join(f"{k} {entry[k]:.1f}" for k in ("transfer", "avg", "last") if k in entry))
+        console.print(f"[green]done[/green] {label}")
+
+    if cfg.workers > 1:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
+            futures = {pool.submit(_worker, cfg, prepared, i, folder.path / label): label
+                       for i, label in enumerate(labels)}
+            with console.status(f"running {len(labels)} methods in {cfg.workers} processes"):
+                for future in as_completed(futures):
+                    done(futures[future], future.result())
+    else:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=console, transient=True) as bar:
+            for i, label in enumerate(labels):
+                job = bar.add_task(label, total=cfg.train.iterations)
+
+                def progress(task_name: str, step: int, total: int, job=job, label=label) -> None:
+                    bar.update(job, completed=step, total=total, description=f"{label} · {task_name}")
+
+                done(label, run_method(cfg, prepared, i, folder.path / label, progress))
+                bar.remove_task(job)
+    order = [t.name for t in prepared.tasks]
+    return {"order": order, "protocol": "cil" if cfg.data.cil else "mtil",
+            "methods": {label: entries[label] for label in labels}}
 
 
 def report(results: dict[str, Any], folder: RunFolder, console: Console) -> None:
