@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from madapt.backbones.clip import fill_template
+
 
 @dataclass
 class Task:
@@ -37,11 +39,7 @@ class Task:
     def texts(self, ensemble: bool) -> list[list[str]]:
         """Per class, the prompt texts: only the first template for training, all for evaluation."""
         templates = self.templates if ensemble else self.templates[:1]
-        return [[fill(t, c) for t in templates] for c in self.classnames]
-
-
-def fill(template: str, classname: str) -> str:
-    return template.replace("{c}", classname).replace("{}", classname)
+        return [[fill_template(t, c) for t in templates] for c in self.classnames]
 
 
 class ArrayDataset(Dataset):

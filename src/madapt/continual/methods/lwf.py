@@ -19,7 +19,7 @@ from pydantic import Field
 from madapt.config import Strict
 from madapt.continual.losses import all_but_logit_scale, distillation, frozen_copy
 from madapt.continual.methods.finetune import ce_loss
-from madapt.continual.tasks import fill
+from madapt.backbones.clip import fill_template
 from madapt.registry import register
 
 
@@ -92,4 +92,4 @@ class LwFVR(LwF):
         k = min(self.vocabulary_size, len(self.vocabulary))
         picks = rng.choice(len(self.vocabulary), size=k, replace=False)
         template = ctx.current.templates[0]
-        return ctx.backbone.tokenize([fill(template, self.vocabulary[i]) for i in picks]).to(ctx.device)
+        return ctx.backbone.tokenize([fill_template(template, self.vocabulary[i]) for i in picks]).to(ctx.device)
