@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
 from madapt.config import Strict
+from madapt.continual.methods.finetune import Finetune
 from madapt.registry import register
 
 
@@ -15,31 +16,15 @@ class ZeroShotConfig(Strict):
 
 
 @register("method", "zeroshot")
-class ZeroShot:
+class ZeroShot(Finetune):
+    """Evaluation only: the engine skips training (``trains``) and keeps text heads (``text_frozen``)."""
+
     Config = ZeroShotConfig
     trains = False
     text_frozen = True
 
-    def __init__(self, **_: Any) -> None:
-        pass
-
     def trainable_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
         return []
 
-    def before_task(self, ctx) -> None:
-        pass
-
     def loss(self, batch, ctx) -> torch.Tensor:
         raise RuntimeError("zero-shot does not train")
-
-    def after_task(self, ctx) -> None:
-        pass
-
-    def logits(self, images: torch.Tensor, task: int | None, ctx) -> torch.Tensor:
-        return ctx.clip_logits(ctx.model, images, task)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
