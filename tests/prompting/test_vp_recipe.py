@@ -33,7 +33,7 @@ def weights(tmp_path_factory) -> Path:
 
 
 def tiny(weights: Path, *extra: str) -> list[str]:
-    return [f"backbone=madapt-tiny-resnet50", f"weights={weights}", "data.name=digits",
+    return ["backbone=madapt-tiny-resnet50", f"weights={weights}", "data.name=digits",
             "data.train_per_class=3", "data.test_per_class=2", "train.epochs=2", "train.batch_size=8",
             "eval_batch_size=64", *extra]
 
@@ -145,7 +145,7 @@ def test_more_target_than_source_classes_is_a_config_error(tmp_path, monkeypatch
     save_tensors(path, load_classifier("madapt-tiny-resnet50", num_classes=5).model.state_dict())
     monkeypatch.setitem(registry._ENTRIES["backbone"], "tiny-five",
                         functools.partial(load_classifier, "madapt-tiny-resnet50", num_classes=5))
-    cfg = load_config("vp/micro_otlm", [f"backbone=tiny-five", f"weights={path}", "data.name=digits",
+    cfg = load_config("vp/micro_otlm", ["backbone=tiny-five", f"weights={path}", "data.name=digits",
                                         "data.train_per_class=1", "data.test_per_class=1"])
     with pytest.raises(ConfigError, match="n_target <= n_source"):
         visual.prepare(cfg)

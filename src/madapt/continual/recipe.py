@@ -216,7 +216,6 @@ def _cil_tasks(cfg: ContinualConfig, backbone) -> tuple[list[Task], Reference | 
     else:
         from madapt.data import mtil
         from madapt.data.cil import cil_protocol
-        from madapt.data.fewshot import labels_of
 
         name = "cil/" + setting.split("/")[0]
         spec = mtil.spec_of(name)
