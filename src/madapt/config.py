@@ -38,6 +38,7 @@ class Recipe:
     ``prepare(cfg)`` builds everything that can fail on user input (data, weights) before the run
     folder is touched; ``run(cfg, prepared, run_folder, console)`` does the work and returns the
     results dict; ``report(results, run_folder, console)`` prints the table and writes report.md.
+    ``multiprocess``: ``run`` shares its work among the processes of ``accelerate launch``.
     """
 
     name: str
@@ -45,6 +46,7 @@ class Recipe:
     prepare: Callable[[Any], Any]
     run: Callable[..., dict[str, Any]]
     report: Callable[..., None]
+    multiprocess: bool = False
 
 
 def register_recipe(recipe: Recipe) -> Recipe:

@@ -12,9 +12,10 @@ from rich.console import Console
 
 from madapt import catalog
 from madapt.config import Recipe, load_config, read_yaml, to_yaml, validate
-from madapt.errors import RunFolderError
+from madapt.errors import ConfigError, RunFolderError
 from madapt.registry import get
 from madapt.runs import RunFolder, open_run
+from madapt.training import join_processes
 
 
 def run_experiment(config: str, overrides: list[str], out: Path, resume: bool, console: Console) -> dict:
@@ -22,19 +23,30 @@ def run_experiment(config: str, overrides: list[str], out: Path, resume: bool, c
     catalog.load_all()
     cfg = load_config(config, overrides)
     text = to_yaml(cfg)
-    run = open_run(Path(out), text, resume)
     recipe: Recipe = get("recipe", cfg.kind)
+    procs = join_processes()  # rank 0 of 1 unless started by `accelerate launch`
+    if procs.world > 1 and not recipe.multiprocess:
+        raise ConfigError("kind", f"'{cfg.kind}' runs in one process, not {procs.world}",
+                          "a plain `madapt run` (only kind continual shares work under accelerate launch)")
+    run = open_run(Path(out), text, resume)
+    procs.barrier()  # every process has checked the folder before the main one writes into it
+    if not procs.is_main:
+        console = Console(quiet=True)
     if run.finished:  # --resume of a finished run: nothing left to do but show it
         results = run.read_results()
-        recipe.report(results, run, console)
+        if procs.is_main:
+            recipe.report(results, run, console)
         return results
     prepared = recipe.prepare(cfg)
-    run.start(text)
-    run.log(f"{'resumed' if resume else 'started'}: madapt run {config} {' '.join(overrides)}".rstrip())
+    if procs.is_main:
+        run.start(text)
+        run.log(f"{'resumed' if resume else 'started'}: madapt run {config} {' '.join(overrides)}".rstrip()
+                + (f" ({procs.world} processes)" if procs.world > 1 else ""))
     results = recipe.run(cfg, prepared, run, console)
-    run.write_results(results)
-    recipe.report(results, run, console)
-    run.log("finished")
+    if procs.is_main:
+        run.write_results(results)
+        recipe.report(results, run, console)
+        run.log("finished")
     return results
 
 

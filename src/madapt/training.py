@@ -15,10 +15,13 @@ processes through ``mpirun`` with a hostfile and otherwise silently runs one.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from accelerate import Accelerator
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -27,7 +30,8 @@ from madapt.errors import ConfigError, UnknownNameError, closest
 from madapt.runs import seed_everything
 
 __all__ = [
-    "OPTIMIZERS", "build_optimizer", "make_accelerator", "seed_everything", "train_step", "warmup_cosine",
+    "OPTIMIZERS", "Processes", "build_optimizer", "join_processes", "make_accelerator", "seed_everything",
+    "train_step", "warmup_cosine",
 ]
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -131,3 +135,70 @@ def train_step(
     if scheduler is not None:
         scheduler.step()
     return float(loss.detach())
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among those ``accelerate launch`` started (rank 0 of 1 otherwise).
+
+    Recipes that train one model with several processes shard every batch and every evaluation
+    set with `shard`, average gradients with `mean_grads` and let only `is_main` write files.
+    Gradients are averaged explicitly instead of wrapping the model in DDP so that methods keep
+    calling the model's own methods (``encode_image``, ``encode_text``, adapters) unchanged.
+    """
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, n: int) -> range:
+        """This process's contiguous slice of ``range(n)``; the slices of all processes tile it."""
+        return range(self.rank * n // self.world, (self.rank + 1) * n // self.world)
+
+    def mean_grads(self, params: Iterable[torch.Tensor]) -> None:
+        """Average ``.grad`` over processes in one collective (no-op in a single process).
+
+        Every process must hold grads for the same parameters: the engine runs the same method
+        code everywhere, so a parameter untouched by the loss is untouched on every rank.
+        """
+        if self.world == 1:
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset: offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over processes (e.g. correct/total counts of sharded evaluation)."""
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def join_processes() -> Processes:
+    """Join the process group when started by ``accelerate launch``/torchrun (``WORLD_SIZE`` > 1).
+
+    The group is torch's own process-wide state, so calling this again returns the same answer.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Processes(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if not (dist.is_available() and dist.is_initialized()):
+        make_accelerator(cpu=not torch.cuda.is_available())
+    device = torch.device("cpu")
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return Processes(dist.get_rank(), dist.get_world_size(), device)

@@ -6,6 +6,11 @@ dataset of the sequence (one row of the accuracy matrix). Checkpoints are taken 
 ``checkpoint_every`` steps and at each phase boundary, so a run killed at any moment resumes to the
 same accuracy matrix: batches are a pure function of (seed, task, step), augmentation randomness is
 seeded per sample, and the RNG/optimizer/scheduler/method states travel in the checkpoint.
+
+Under ``accelerate launch`` (``Context.processes``) every process trains the same model on its
+slice of each global batch, gradients are averaged after every backward pass, evaluation sets are
+sharded and their counts summed, and only the main process writes checkpoints: the run follows the
+single-process trajectory up to float summation order.
 """
 
 from __future__ import annotations
@@ -18,12 +23,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from madapt.backbones.clip import ClipBackbone
 from madapt.continual.tasks import Task
 from madapt.runs import Checkpointer, rng_state, set_rng_state
-from madapt.training import build_optimizer, warmup_cosine
+from madapt.training import Processes, build_optimizer, warmup_cosine
 
 
 class ContinualMethod(Protocol):
@@ -70,6 +75,7 @@ class Context:
     step: int = 0
     pretrained: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # theta_0, set by the engine
     reference: Any = None  # reference images/captions for distillation methods (ZSCL, AwoF)
+    processes: Processes = field(default_factory=Processes)
     _tokens: dict[tuple[int, bool], torch.Tensor] = field(default_factory=dict, repr=False)
     _heads: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
 
@@ -163,30 +169,39 @@ class _SeededItems(Dataset):
             return self.dataset[index]
 
 
-def train_batches(dataset: Dataset, settings: TrainSettings, task: int, start: int) -> Iterator[Any]:
-    """Batches ``start..iterations-1`` of ``task``; identical whatever step the run resumes at."""
+def train_batches(dataset: Dataset, settings: TrainSettings, task: int, start: int,
+                  processes: Processes = Processes()) -> Iterator[Any]:
+    """Batches ``start..iterations-1`` of ``task``; identical whatever step the run resumes at.
+
+    With several processes each yields its slice of the global batch; an item's augmentation seed
+    is its position in the global batch, so the union of the slices is the single-process batch.
+    """
     n = len(dataset)  # type: ignore[arg-type]
     stream_seed = settings.seed * 1_000_003 + task
     steps = range(start, settings.iterations)
+    mine = processes.shard(settings.batch_size)
     if hasattr(dataset, "batch") and settings.num_workers == 0:
         for step in steps:
-            yield dataset.batch(batch_indices(n, settings.batch_size, step, stream_seed))
+            indices = batch_indices(n, settings.batch_size, step, stream_seed)
+            yield dataset.batch([indices[k] for k in mine])
         return
     sampler = (
         [(i, stream_seed * 7_919 + step * settings.batch_size + k)
-         for k, i in enumerate(batch_indices(n, settings.batch_size, step, stream_seed))]
+         for k, i in enumerate(batch_indices(n, settings.batch_size, step, stream_seed)) if k in mine]
         for step in steps
     )
     yield from DataLoader(_SeededItems(dataset), batch_sampler=sampler, num_workers=settings.num_workers)
 
 
-def eval_batches(dataset: Dataset, batch_size: int, num_workers: int) -> Iterator[Any]:
+def eval_batches(dataset: Dataset, batch_size: int, num_workers: int,
+                 processes: Processes = Processes()) -> Iterator[Any]:
+    """This process's contiguous shard of ``dataset`` in order, ``batch_size`` items at a time."""
+    mine = processes.shard(len(dataset))  # type: ignore[arg-type]
     if hasattr(dataset, "batch") and num_workers == 0:
-        n = len(dataset)  # type: ignore[arg-type]
-        for start in range(0, n, batch_size):
-            yield dataset.batch(range(start, min(n, start + batch_size)))
+        for start in range(mine.start, mine.stop, batch_size):
+            yield dataset.batch(range(start, min(mine.stop, start + batch_size)))
         return
-    yield from DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    yield from DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,7 +214,8 @@ def evaluate(method: ContinualMethod, ctx: Context, task: int) -> float:
     ctx.model.eval()
     spec = ctx.tasks[task]
     correct = total = 0
-    for images, labels in eval_batches(spec.test, ctx.settings.eval_batch_size, ctx.settings.num_workers):
+    for images, labels in eval_batches(spec.test, ctx.settings.eval_batch_size, ctx.settings.num_workers,
+                                       ctx.processes):
         images, labels = images.to(ctx.device), labels.to(ctx.device)
         with ctx.autocast():
             if ctx.settings.class_incremental:
@@ -212,6 +228,7 @@ def evaluate(method: ContinualMethod, ctx: Context, task: int) -> float:
                 pred = method.logits(images, task, ctx).float().argmax(dim=-1)
         correct += int((pred == labels).sum())
         total += len(labels)
+    correct, total = ctx.processes.sum([correct, total])
     return 100.0 * correct / max(total, 1)
 
 
@@ -246,6 +263,8 @@ def run_sequence(
     trains = getattr(method, "trains", True)  # zero-shot evaluates only
     acc: list[list[float]] = []
     task, step, phase = 0, 0, "train"
+    procs = ctx.processes
+    procs.barrier()  # no process may read the checkpoint while the main one could be replacing it
     saved = checkpointer.load()
     resume_state: dict[str, Any] | None = None
     if saved is not None:
@@ -256,6 +275,8 @@ def run_sequence(
     report = progress or (lambda *_: None)
 
     def checkpoint(t: int, s: int, ph: str, extra: dict[str, Any]) -> None:
+        if not procs.is_main:  # the other processes hold the same state
+            return
         state = {"acc": acc, "model": changed_params(ctx.model, pretrained), "method": method.state_dict(),
                  "rng": rng_state(), **extra}
         checkpointer.save({"task": t, "step": s, "phase": ph}, state)
@@ -286,7 +307,7 @@ def run_sequence(
                 scheduler.load_state_dict(resume_state["scheduler"])
                 set_rng_state(resume_state["rng"])
                 resume_state = None
-            batches = train_batches(ctx.current.train, settings, task, step) if trains else iter(())
+            batches = train_batches(ctx.current.train, settings, task, step, procs) if trains else iter(())
             for images, labels in batches:
                 ctx.step = step
                 images, labels = images.to(ctx.device), labels.to(ctx.device)
@@ -294,6 +315,7 @@ def run_sequence(
                     loss = method.loss((images, labels), ctx)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                procs.mean_grads(p for group in optimizer.param_groups for p in group["params"])
                 optimizer.step()
                 scheduler.step()
                 step += 1

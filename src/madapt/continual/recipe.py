@@ -30,6 +30,7 @@ from madapt.report import plots
 from madapt.report.markdown import Section, write_report
 from madapt.report.tables import print_table
 from madapt.runs import RunFolder, seed_everything
+from madapt.training import join_processes
 
 
 class DataConfig(Strict):
@@ -74,7 +75,8 @@ class ContinualConfig(Strict):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     methods: list[SerializeAsAny[Strict]] = Field(..., min_length=1)
-    workers: int = Field(1, ge=1, description="methods run side by side in this many processes")
+    workers: int = Field(1, ge=1, description="methods run side by side in this many processes "
+                                               "(ignored under accelerate launch: there all processes train one method)")
     threads: int | None = Field(None, ge=1, description="torch threads per process (default: torch's)")
 
     @field_validator("methods", mode="before")
@@ -255,6 +257,10 @@ def _subset(dataset, labels: list[int], classes: list[int]):
 
 def prepare(cfg: ContinualConfig) -> Prepared:
     """Load the backbone and every dataset (all user-input errors surface here, before any write)."""
+    world = join_processes().world
+    if cfg.train.batch_size % world:
+        raise ConfigError("train.batch_size", f"{cfg.train.batch_size} does not split over {world} processes",
+                          f"a multiple of {world} (each process takes an equal slice of every batch)")
     seed_everything(cfg.seed)
     backbone = get("backbone", cfg.backbone)(cfg.pretrained)
     builder = _cil_tasks if cfg.data.cil else _micro_tasks if cfg.data.collection == "micro" else _mtil_tasks
@@ -287,16 +293,18 @@ def run_method(cfg: ContinualConfig, prepared: Prepared, index: int, folder: Pat
         torch.set_num_threads(cfg.threads)
     mcfg = cfg.methods[index]
     sub = RunFolder(folder)
+    procs = join_processes()
+    procs.barrier()  # all processes see the same `finished` before the main one may write results
     if sub.finished:
         return sub.read_results()
     order = [t.name for t in prepared.tasks]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = procs.device
     seed_everything(cfg.seed)
     backbone = get("backbone", cfg.backbone)(cfg.pretrained)
     backbone.model.load_state_dict(prepared.backbone_state)
     backbone.model.to(device)
     ctx = Context(backbone=backbone, tasks=prepared.tasks, settings=_settings(cfg, order), device=device,
-                  reference=prepared.reference)
+                  reference=prepared.reference, processes=procs)
     method = get("method", mcfg.name)(**mcfg.model_dump(exclude={"name"}))
     acc = run_sequence(method, ctx, sub.checkpoints, progress)
     if cfg.data.cil:
@@ -305,8 +313,9 @@ def run_method(cfg: ContinualConfig, prepared: Prepared, index: int, folder: Pat
         entry = {"accuracy": acc, "step_accuracy": steps, **cil_metrics(steps)}
     else:
         entry = {"accuracy": acc, **mtil_metrics(acc)}
-    sub.path.mkdir(parents=True, exist_ok=True)
-    sub.write_results(entry)
+    if procs.is_main:
+        sub.path.mkdir(parents=True, exist_ok=True)
+        sub.write_results(entry)
     return entry
 
 
@@ -328,7 +337,7 @@ def run(cfg: ContinualConfig, prepared: Prepared, folder: RunFolder, console: Co
         folder.log(f"{label}: " + ", ".join(f"{k} {entry[k]:.1f}" for k in ("transfer", "avg", "last") if k in entry))
         console.print(f"[green]done[/green] {label}")
 
-    if cfg.workers > 1:
+    if cfg.workers > 1 and join_processes().world == 1:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
             futures = {pool.submit(_worker, cfg, prepared, i, folder.path / label): label
@@ -382,4 +391,4 @@ def _report_cil(results: dict[str, Any], folder: RunFolder, console: Console) ->
                  [Section("Summary", text=f"{len(steps)} steps.", rows=rows, images=[png])])
 
 
-register_recipe(Recipe("continual", ContinualConfig, prepare, run, report))
+register_recipe(Recipe("continual", ContinualConfig, prepare, run, report, multiprocess=True))
