@@ -1,4 +1,4 @@
-"""`madapt` command line: run | demo | list | report | data check.
+"""`madapt` command line: run | demo | list | report | data check | data download.
 
 User mistakes (`UserError`) are printed as one line on stderr with exit code 2 and nothing written;
 any other exception is a bug and keeps its traceback.
@@ -17,7 +17,7 @@ from madapt.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Adapt pretrained foundation models cheaply (continual CLIP, prompts, label maps, tokenizers).")
-data_app = typer.Typer(no_args_is_help=True, help="Check real datasets on disk.")
+data_app = typer.Typer(no_args_is_help=True, help="Check (or download) real datasets on disk.")
 app.add_typer(data_app, name="data")
 
 LISTABLE = {
@@ -100,6 +100,24 @@ def data_check(
         missing += not ok
         typer.echo(f"{'ok     ' if ok else 'MISSING'} {name}: {message}")
     if missing:
+        raise typer.Exit(code=1)
+
+
+@data_app.command("download")
+def data_download(
+    collection: str = typer.Argument(..., help="mtil | cil"),
+    root: Path = typer.Option(..., "--root", help="The data_root folder (created if missing)."),
+    only: str = typer.Option("", "--only", help="Comma-separated dataset keys, e.g. dtd,eurosat."),
+) -> None:
+    """Download the missing datasets of a collection with torchvision's downloaders (needs network;
+    `madapt run` itself never downloads)."""
+    from madapt.data.mtil import download
+
+    def show(name: str, ok: bool, message: str) -> None:
+        typer.echo(f"{'ok    ' if ok else 'FAILED'} {name}: {message}")
+
+    rows = download(collection, root, [k for k in only.split(",") if k] or None, report=show)
+    if not all(ok for _, ok, _ in rows):
         raise typer.Exit(code=1)
 
 

@@ -17,6 +17,7 @@ with ``.targets`` and ``.classnames``. Each dataset is registered as ``dataset``
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, random_split
 from torchvision import datasets as tvd
+from torchvision.datasets.utils import download_and_extract_archive
 
 from madapt.data.cil import TinyImageNet200
 from madapt.data.fewshot import labels_of
@@ -44,6 +46,9 @@ ORDER_II: tuple[str, ...] = (
 )
 SPLITS = ("train", "test")
 SPLIT_SEED = 42
+# The archive the CS231n course distributes (the reference repos read its extracted folder).
+TINYIMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+TINYIMAGENET_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
 TRAIN_FRACTION = 0.8
 
 
@@ -118,34 +123,37 @@ class _SortedSUN397(tvd.SUN397):
         self._labels = [y for _, y in pairs]
 
 
-def _open(key: str, root: Path, split: str, tf: Any) -> tuple[Dataset, list[str] | None]:
-    """The torchvision dataset of ``key`` (download=False, its default) and its class names on
-    disk (None for Flowers102, whose files hold no names)."""
+def _open(key: str, root: Path, split: str, tf: Any, download: bool = False) -> tuple[Dataset, list[str] | None]:
+    """The torchvision dataset of ``key`` and its class names on disk (None for Flowers102, whose
+    files hold no names). Runs never download; only `download` (``madapt data download``) does."""
     train = split == "train"
+    dl = {"download": download}
     if key == "aircraft":
-        ds: Any = tvd.FGVCAircraft(root, split=split, annotation_level="variant", transform=tf)
+        ds: Any = tvd.FGVCAircraft(root, split=split, annotation_level="variant", transform=tf, **dl)
     elif key == "caltech101":
-        ds = tvd.Caltech101(root, target_type="category", transform=tf)
+        ds = tvd.Caltech101(root, target_type="category", transform=tf, **dl)
         return ds, ds.categories
     elif key == "cifar100":
-        ds = tvd.CIFAR100(root, train=train, transform=tf)
+        ds = tvd.CIFAR100(root, train=train, transform=tf, **dl)
     elif key == "dtd":
-        ds = tvd.DTD(root, split=split, partition=1, transform=tf)
+        ds = tvd.DTD(root, split=split, partition=1, transform=tf, **dl)
     elif key == "eurosat":
-        ds = tvd.EuroSAT(root, transform=tf)
+        ds = tvd.EuroSAT(root, transform=tf, **dl)
     elif key == "flowers":
-        return tvd.Flowers102(root, split=split, transform=tf), None
+        return tvd.Flowers102(root, split=split, transform=tf, **dl), None
     elif key == "food":
-        ds = tvd.Food101(root, split=split, transform=tf)
+        ds = tvd.Food101(root, split=split, transform=tf, **dl)
     elif key == "mnist":
-        ds = tvd.MNIST(root, train=train, transform=tf)
+        ds = tvd.MNIST(root, train=train, transform=tf, **dl)
     elif key == "oxford_pet":
-        ds = tvd.OxfordIIITPet(root, split="trainval" if train else "test", transform=tf)
+        ds = tvd.OxfordIIITPet(root, split="trainval" if train else "test", transform=tf, **dl)
     elif key == "stanford_cars":
-        ds = tvd.StanfordCars(root, split=split, transform=tf)
+        ds = tvd.StanfordCars(root, split=split, transform=tf, **dl)
     elif key == "sun397":
-        ds = _SortedSUN397(root, transform=tf)
+        ds = _SortedSUN397(root, transform=tf, **dl)
     else:
+        if download and not (root / "tiny-imagenet-200").is_dir():
+            download_and_extract_archive(TINYIMAGENET_URL, str(root), md5=TINYIMAGENET_MD5)
         ds = TinyImageNet200(root / "tiny-imagenet-200", split, transform=tf)
     return ds, [str(c) for c in ds.classes]
 
@@ -375,3 +383,47 @@ def check_layout(collection: str, data_root: str | Path, deep: bool = False,
         rows.append((spec.name, True, message))
     return rows
 
+
+
+def download(collection: str, data_root: str | Path, only: list[str] | None = None,
+             report: Callable[[str, bool, str], None] | None = None) -> list[tuple[str, bool, str]]:
+    """Fetch the missing datasets of ``collection`` into ``data_root`` with torchvision's own
+    downloaders (for users who are online; `load_split` never downloads). Datasets already present
+    are left alone. Returns ``(dataset, ok, message)`` rows; a failed download (no network, a URL
+    torchvision no longer supports, e.g. Stanford Cars) says where to put the files by hand.
+    """
+    if collection not in ("mtil", "cil"):
+        raise ConfigError(f"data collection '{collection}'", "is unknown",
+                          "'mtil' or 'cil'" + closest(collection, ("mtil", "cil")))
+    specs = [s for s in SPECS.values() if s.name.startswith(collection + "/")]
+    keys = [s.key for s in specs]
+    for name in only or []:
+        if name not in keys:
+            raise UnknownNameError(f"--only {name}", f"is not a {collection} dataset" + closest(name, keys),
+                                   "one of: " + ", ".join(keys))
+    root = Path(data_root).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for spec in specs:
+        if only and spec.key not in only:
+            continue
+        if _missing(spec, root) is None:
+            row = (spec.name, True, f"already present in {root / spec.folder}")
+        else:
+            before = set(root.iterdir())
+            try:
+                for split in SPLITS:
+                    _open(spec.key, root, split, None, download=True)
+                missing = _missing(spec, root)
+                row = ((spec.name, True, f"downloaded to {root / spec.folder}") if missing is None else
+                       (spec.name, False, f"downloaded, but {missing} is missing"))
+            except Exception as err:  # network, checksum or unsupported-URL errors of torchvision
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                for new in set(root.iterdir()) - before:  # empty folders a failed attempt left behind
+                    if new.is_dir() and not any(f.is_file() for f in new.rglob("*")):
+                        shutil.rmtree(new)
+                row = (spec.name, False, f"download failed ({reason}); place it by hand as {root}/{spec.layout}")
+        rows.append(row)
+        if report:
+            report(*row)
+    return rows
