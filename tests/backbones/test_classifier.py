@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import timm
 import torch
@@ -58,6 +60,7 @@ def test_tiny_resnet_uses_resnet50_blocks():
         ("vit_base_patch16_224.augreg_in1k", VisionTransformer, 1000, 768, (0.5, 0.5, 0.5)),
         ("vit_large_patch16_224", VisionTransformer, 1000, 1024, (0.5, 0.5, 0.5)),
         ("swin_base_patch4_window7_224", SwinTransformer, 1000, 1024, IMAGENET_MEAN),
+        ("swin_base_patch4_window7_224.ms_in22k", SwinTransformer, 21841, 1024, IMAGENET_MEAN),
         ("resnet50", ResNet, 1000, 2048, IMAGENET_MEAN),
         ("convnext_base", ConvNeXt, 1000, 1024, IMAGENET_MEAN),
     ],
@@ -124,6 +127,35 @@ def test_bad_weights_give_one_weights_error(tmp_path):
     with pytest.raises(WeightsError, match="do not match the architecture") as err:
         load_classifier("madapt-tiny-convnext", tmp_path / "resnet.safetensors")
     assert "\n" not in err.value.one_line()
+
+
+def test_a_head_of_another_size_is_never_dropped_silently(tmp_path, caplog):
+    """timm drops a checkpoint's head when num_classes differs; label mapping needs that head."""
+    torch.manual_seed(5)
+    weights = _state(load_classifier("madapt-tiny-vit").model)  # 1000-way head
+    file = tmp_path / "vit1k.safetensors"
+    save_file(weights, str(file))
+    with pytest.raises(WeightsError, match=r"vit1k.safetensors.*1000-way head but the model a 7-way") as err:
+        load_classifier("madapt-tiny-vit", file, num_classes=7)
+    assert "new_head=True" in err.value.one_line()
+    caplog.set_level(logging.WARNING)
+    fresh = load_classifier("madapt-tiny-vit", file, num_classes=7, new_head=True)
+    assert fresh.num_classes == 7 and fresh.model.head.weight.shape == (7, 32)
+    body = {k: v for k, v in fresh.model.state_dict().items() if not k.startswith("head.")}
+    assert all(torch.equal(v, weights[k]) for k, v in body.items())
+    lines = [r.getMessage() for r in caplog.records if "head" in r.getMessage()]
+    assert len(lines) == 1 and "1000-way head; the 7-way head is new" in lines[0] and str(file) in lines[0]
+
+
+def test_a_k_way_checkpoint_head_loads_with_num_classes_k(tmp_path):
+    torch.manual_seed(6)
+    weights = _state(load_classifier("madapt-tiny-swin", num_classes=5).model)
+    save_file(weights, str(tmp_path / "swin5.safetensors"))
+    loaded = load_classifier("madapt-tiny-swin", tmp_path / "swin5.safetensors", num_classes=5)
+    assert loaded.num_classes == 5
+    assert all(torch.equal(v, weights[k]) for k, v in loaded.model.state_dict().items())
+    with pytest.raises(WeightsError, match="5-way head but the model a 1000-way"):  # the preset's default
+        load_classifier("madapt-tiny-swin", tmp_path / "swin5.safetensors")
 
 
 def test_other_timm_names_with_tags_resolve():

@@ -127,6 +127,21 @@ def test_vpt_deep_variant_trains_only_prompt_tokens(tmp_path) -> None:
                                                      "data.test_per_class=1"]))
 
 
+def test_vpt_deep_on_swin_trains_the_prompt_tokens_of_every_block(tmp_path) -> None:
+    """§6.5.3 / Table 6.8 on the tiny Swin: tokens per window and block, the source head kept."""
+    torch.manual_seed(0)
+    path = tmp_path / "swin.safetensors"
+    swin = load_classifier("madapt-tiny-swin").model
+    save_tensors(path, swin.state_dict())
+    cfg = load_config("vp/micro_otlm", ["backbone=madapt-tiny-swin", f"weights={path}", "data.name=digits",
+                                        "data.train_per_class=2", "data.test_per_class=1", "train.epochs=1",
+                                        "prompt.kind=vpt_deep", "prompt.tokens=3", "variants=[otlm]"])
+    entry = visual.fit_variant(cfg, visual.prepare(cfg), cfg.variants[0])
+    widths = [info["num_chs"] for info in swin.feature_info]
+    assert entry["trainable_params"] == sum(len(s.blocks) * 3 * w for s, w in zip(swin.layers, widths))
+    assert len(set(entry["mapping"])) == 10 and max(entry["mapping"]) < swin.num_classes
+
+
 def test_unknown_mapper_is_an_unknown_name_error(weights) -> None:
     with pytest.raises(UnknownNameError, match="did you mean 'otlm'"):
         load_config("vp/micro_otlm", tiny(weights, "variants=[otlmm]"))
@@ -175,6 +190,9 @@ def test_every_vp_preset_validates_once_weights_and_data_root_are_given() -> Non
     vp_presets = [n for n in preset_names() if n.startswith("vp/")]
     assert "vp/micro_otlm" in vp_presets and "vp/otlm_vitb22k_cub200" in vp_presets
     assert load_config("vp/micro_otlm").variants[0].name == "hardcoded"
+    table_6_8 = ["cub200", "flowers102", "nabirds", "stanford_cars", "stanford_dogs"]
+    assert [n for n in vp_presets if n.startswith("vp/vpt_otlm_swinb22k_")] == [
+        f"vp/vpt_otlm_swinb22k_{d}" for d in table_6_8]
     for name in vp_presets:
         if name.startswith("vp/micro_"):
             assert load_config(name).backbone == "micro-source"  # offline presets need nothing
@@ -187,3 +205,9 @@ def test_every_vp_preset_validates_once_weights_and_data_root_are_given() -> Non
             assert cfg.train.lr == 1e4 and cfg.train.epochs == 100  # seed 000 §6.5.2.1
         if name.startswith("vp/otlm_resnet50"):
             assert cfg.train.lr == 1e2
+        if name.startswith("vp/vpt_otlm_"):  # §6.5.3: SGD lr 0.1, weight decay 1e-4, 100 epochs
+            assert cfg.prompt.kind == "vpt_deep" and cfg.train.lr == 0.1 and cfg.train.weight_decay == 1e-4
+            assert cfg.train.epochs == 100 and [v.name for v in cfg.variants] == ["flm", "ilm", "otlm"]
+        if name.startswith("vp/vpt_otlm_swinb22k_"):  # Swin-B IN-22K with its own 21,841-way head
+            assert cfg.backbone == "swin_base_patch4_window7_224.ms_in22k"
+            assert cfg.backbone in registry.names("backbone")

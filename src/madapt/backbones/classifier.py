@@ -2,10 +2,17 @@
 
 OTLM maps the source model's own classes onto the target task, so the source head must be the
 real one: ``vit_base_patch16_224.augreg_in21k`` keeps its valid 21,843-way ImageNet-21k head
-(the original "jx" in21k weights have a zeroed head and are not offered). Weights load from a
-local file through timm's own loader (``pretrained_cfg_overlay=dict(file=...)``, which applies
-timm's checkpoint filters); nothing is downloaded. Mean/std come from
-`timm.data.resolve_data_config` (0.5/0.5 for the in21k ViT, ImageNet statistics otherwise).
+(the original "jx" in21k weights have a zeroed head and are not offered), and
+``swin_base_patch4_window7_224.ms_in22k`` its 21,841-way head (Swin-B IN-22K, the VPT source model
+of Table 6.8). Weights load from a local file through timm's own loader
+(``pretrained_cfg_overlay=dict(file=...)``, which applies timm's checkpoint filters); nothing is
+downloaded. Mean/std come from `timm.data.resolve_data_config` (0.5/0.5 for the in21k ViT,
+ImageNet statistics otherwise).
+
+The checkpoint's head is never dropped silently: timm's loader discards it (and loads the rest
+non-strictly) whenever ``num_classes`` differs from the pretrained config, which would leave a
+label-mapping run on a random head. Here a head of another size is a `WeightsError` naming both
+sizes, unless the caller asks for ``new_head=True`` (then one logged line says it is new).
 
 Tiny variants build the same timm classes at small widths so tests run the real code paths.
 """
@@ -13,7 +20,9 @@ Tiny variants build the same timm classes at small widths so tests run the real 
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +41,7 @@ CLASSIFIERS: dict[str, tuple[str, dict[str, Any], int | None]] = {
     "vit_base_patch16_224.augreg_in1k": ("vit_base_patch16_224.augreg_in1k", {}, None),
     "vit_large_patch16_224": ("vit_large_patch16_224", {}, None),
     "swin_base_patch4_window7_224": ("swin_base_patch4_window7_224", {}, None),
+    "swin_base_patch4_window7_224.ms_in22k": ("swin_base_patch4_window7_224.ms_in22k", {}, None),
     "resnet50": ("resnet50", {}, None),
     "convnext_base": ("convnext_base", {}, None),
     "madapt-tiny-vit-in21k": (
@@ -65,13 +75,18 @@ class ClassifierBackbone:
     data_config: dict[str, Any]
 
 
-def load_classifier(name: str, weights: str | os.PathLike[str] | None = None,
+def load_classifier(name: str, weights: str | os.PathLike[str] | None = None, *, new_head: bool = False,
                     **timm_kwargs: Any) -> ClassifierBackbone:
     """Build classifier ``name`` (a preset above or any timm model name) with local ``weights``.
 
     ``weights`` is None (random init from the global torch RNG) or a local file (.safetensors,
     or a timm/torchvision state dict readable with ``weights_only=True``). ``timm_kwargs`` go to
     `timm.create_model` after the preset's own (e.g. ``num_classes``, ``img_size``).
+
+    The file's head is loaded when its size is the model's (``num_classes``, else the preset's).
+    Otherwise: `WeightsError` naming the file and both sizes, as label mapping needs the source
+    head (seed 000 ch. 6); with ``new_head=True`` the head is initialised anew (global torch RNG),
+    the rest of the checkpoint still loads strictly and one warning line is logged.
     """
     timm_name, preset_kwargs, side = _resolve(name)
     kwargs = {**preset_kwargs, **timm_kwargs}
@@ -79,7 +94,7 @@ def load_classifier(name: str, weights: str | os.PathLike[str] | None = None,
         model = timm.create_model(timm_name, pretrained=False, **kwargs)
     else:
         file = existing_weights_file(weights, f"weights of classifier {name}")
-        model = _create_from_file(timm_name, name, file, kwargs)
+        model = _create_from_file(timm_name, name, file, kwargs, new_head)
     model.eval()
 
     img_size = kwargs.get("img_size", side)
@@ -112,20 +127,60 @@ def _known_tag(name: str) -> bool:
     return not tag or name in timm.list_pretrained(base)
 
 
-def _create_from_file(timm_name: str, name: str, file: Any, kwargs: dict[str, Any]) -> torch.nn.Module:
+def _create_from_file(timm_name: str, name: str, file: Any, kwargs: dict[str, Any],
+                      new_head: bool) -> torch.nn.Module:
     where = f"weights of classifier {name}"
+    overlay: dict[str, Any] = {"file": str(file)}  # takes priority over every hub/url source: no download
+    if kwargs.get("num_classes"):  # 0 = headless features: timm dropping the head is then what is asked
+        # timm drops the checkpoint's head whenever num_classes differs from its pretrained config,
+        # even if the file's head has exactly the asked size; declaring that size keeps the load strict
+        overlay["num_classes"] = kwargs["num_classes"]
     try:
-        # the file overlay takes priority over every hub/url source in timm, so this never downloads
-        return timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=dict(file=str(file)),
-                                 **kwargs)
+        return timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     except Exception as load_err:  # safetensors, zip, unpickling and key errors share no base class
         try:
             load_state_dict(str(file))  # failure path only: tells an unreadable file from a wrong one
         except Exception as read_err:
             raise unreadable(file, where, read_err) from None
-        first = (str(load_err).strip().splitlines() or [type(load_err).__name__])[0][:200]
-        raise WeightsError(f"{where} '{file}'", f"do not match the architecture: {first}",
-                           f"a checkpoint of {timm_name} with these settings") from None
+        in_file = _head_only_mismatch(load_err, timm_name)
+        if in_file is None:
+            first = (str(load_err).strip().splitlines() or [type(load_err).__name__])[0][:200]
+            raise WeightsError(f"{where} '{file}'", f"do not match the architecture: {first}",
+                               f"a checkpoint of {timm_name} with these settings") from None
+    in_model = kwargs.get("num_classes") or timm.models.get_pretrained_cfg_value(timm_name, "num_classes")
+    if not new_head:
+        raise WeightsError(f"{where} '{file}'",
+                           f"have a {in_file}-way head but the model a {in_model}-way one "
+                           "(label mapping needs the checkpoint's own head)",
+                           f"a checkpoint with a {in_model}-way head, num_classes={in_file} to keep this "
+                           f"one, or new_head=True to train a new {in_model}-way head")
+    # Only the head differed (strict load above): let timm load everything else and drop the head.
+    overlay["num_classes"] = in_file
+    model = timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    _log.warning("classifier %s: '%s' has a %d-way head; the %d-way head is new (random init), "
+                 "every other weight is loaded", name, file, in_file, in_model)
+    return model
+
+
+_SIZE_MISMATCH = re.compile(r"size mismatch for ([\w.]+): copying a param with shape torch\.Size\(\[(\d+)")
+_log = logging.getLogger(__name__)
+
+
+def _head_only_mismatch(err: Exception, timm_name: str) -> int | None:
+    """The classes of the checkpoint's head if the strict load failed on the head alone, else None.
+
+    Read from torch's ``load_state_dict`` report, i.e. after timm's checkpoint filter renamed keys.
+    """
+    text = str(err)
+    classifier = timm.models.get_pretrained_cfg_value(timm_name, "classifier") or ()
+    heads = {f"{c}.{p}" for c in ((classifier,) if isinstance(classifier, str) else classifier)
+             for p in ("weight", "bias")}
+    found = _SIZE_MISMATCH.findall(text)
+    if not found or "Missing key(s)" in text or "Unexpected key(s)" in text:
+        return None
+    if any(key not in heads for key, _ in found):
+        return None
+    return int(found[0][1])
 
 
 def _pair(size: int | tuple[int, int]) -> tuple[int, int]:

@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 from rich.console import Console
 from torch import nn
-from timm.models.vision_transformer import VisionTransformer
 from torch.utils.data import DataLoader, Subset
 
 from madapt.backbones.classifier import freeze
@@ -35,7 +34,7 @@ from madapt.config import Recipe, Strict, register_recipe
 from madapt.data import vp
 from madapt.errors import ConfigError
 from madapt.labelmap import LabelMapper
-from madapt.peft import PaddingPrompt, PlainInput, VPTDeep
+from madapt.peft import PaddingPrompt, PlainInput, build_vpt_deep, supports_vpt_deep
 from madapt.prompting import mapping_grid, report
 from madapt.registry import build, get
 from madapt.runs import Checkpointer, RunFolder, rng_state, seed_everything, set_rng_state
@@ -180,10 +179,11 @@ def prepare(cfg: VisualPromptConfig) -> Prepared:
                           "n_target <= n_source for one-to-one label mapping")
     if cfg.prompt.kind == "padding":
         PaddingPrompt(backbone.input_size[1:], backbone.mean, backbone.std, cfg.prompt.pad)  # checks pad
-    elif not isinstance(backbone.model, VisionTransformer):
+    elif not supports_vpt_deep(backbone.model):
         raise ConfigError("prompt.kind",
                           f"vpt_deep with backbone '{cfg.backbone}' ({type(backbone.model).__name__})",
-                          "a timm VisionTransformer backbone for VPT-deep, or prompt.kind padding")
+                          "a timm VisionTransformer or SwinTransformer backbone for VPT-deep, "
+                          "or prompt.kind padding")
     index = vp.subsample_per_class(data.train_labels, cfg.data.shots_fraction, cfg.seed)
     state = {k: v.detach().clone() for k, v in backbone.model.state_dict().items()}
     return Prepared(backbone, state, data, index, source_names(backbone))
@@ -225,7 +225,7 @@ def build_learner(cfg: VisualPromptConfig, prepared: Prepared, variant: VariantC
         return Learner(plain, model, finetune=variant.name == "full_finetune")
     freeze(model)
     if cfg.prompt.kind == "vpt_deep":
-        return Learner(plain, VPTDeep(model, cfg.prompt.tokens), finetune=False)
+        return Learner(plain, build_vpt_deep(model, cfg.prompt.tokens), finetune=False)
     prompt = PaddingPrompt(b.input_size[1:], b.mean, b.std, cfg.prompt.pad, cfg.prompt.space)
     return Learner(prompt, model, finetune=False)
 
