@@ -7,8 +7,18 @@ our scoring of that vocabulary: word counting, the per-piece removal loss (eq. 5
 sentencepiece's approximation), the ADAT score (eq. 5.4, ratio balance; the LM loss b is
 synthetic here since LM scoring is separate) and pruning. Prints JSON on stdout.
 
+Two more figures on the bundled docstring corpus with the ``adat/micro`` preset's settings
+(initial vocabulary, LM preset, sequence length, batch, α):
+
+* ``sampler``: random segmentation (§5.3.2.1) tokens/s of our seeded FFBS sampler (cold cache =
+  first pass, warm = later passes) against sentencepiece's ``nbest_size=-1`` sampler called one
+  text at a time as before, as ratios (> 1 = ours faster);
+* ``lm_scoring``: tokens/s of the scoring LM's training (eq. 5.3's model) and of the held-out
+  per-piece loss accumulation.
+
     python benchmarks/adat_scoring_bench.py            # ~10 MB, 150k pieces requested
     python benchmarks/adat_scoring_bench.py --quick    # ~1 MB, 20k pieces requested
+    python benchmarks/adat_scoring_bench.py --only-lm --quick   # just the sampler and LM figures
 """
 
 from __future__ import annotations
@@ -116,13 +126,97 @@ def train_sentencepiece(lines: list[str], vocab_size: int, threads: int) -> tupl
     return buffer.getvalue(), time.perf_counter() - start
 
 
+def sampler_throughput(proto: bytes, texts: list[str], alpha: float, chunk: int = 2048) -> dict[str, float]:
+    """Sampled-segmentation tokens/s: sentencepiece (one text per call, as `lm_scoring.sp_encoder`
+    samples) vs `SegmentationSampler` in ``chunk``-text calls (as `lm_scoring.piece_lm_loss`)."""
+    from madapt.tokenizers.sampling import SegmentationSampler
+
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    spm.set_random_generator_seed(0)
+    t0 = time.perf_counter()
+    n_sp = sum(len(sp.encode(t, enable_sampling=True, alpha=alpha, nbest_size=-1)) for t in texts)
+    sp_rate = n_sp / (time.perf_counter() - t0)
+    sampler, rng = SegmentationSampler.from_proto(proto, alpha), np.random.default_rng(0)
+    rates = []
+    for _ in range(2):  # cold (builds the per-unit tables), then warm (cache hits only)
+        t0, n = time.perf_counter(), 0
+        for lo in range(0, len(texts), chunk):
+            n += len(sampler.sample_flat(texts[lo:lo + chunk], rng)[0])
+        rates.append(n / (time.perf_counter() - t0))
+    return {"texts": len(texts), "sentencepiece_tokens": n_sp, "ffbs_tokens": n,
+            "sentencepiece_tok_per_s": round(sp_rate), "ffbs_cold_tok_per_s": round(rates[0]),
+            "ffbs_warm_tok_per_s": round(rates[1]), "ffbs_cold_over_sentencepiece": round(rates[0] / sp_rate, 3),
+            "ffbs_warm_over_sentencepiece": round(rates[1] / sp_rate, 3)}
+
+
+def lm_throughput(proto: bytes, train: list[str], held_out: list[str], settings, steps: int,
+                  alpha: float) -> dict[str, float]:
+    """Tokens/s of one round's scoring LM: training on sampled segmentations, then eq. 5.3's
+    per-piece loss accumulation on the Viterbi-segmented held-out slice."""
+    import torch
+
+    from madapt.backbones.causal_lm import build_causal_lm
+    from madapt.tokenizers import lm_scoring as lms
+    from madapt.tokenizers.sampling import SegmentationSampler
+
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    sep, vocab = sp.eos_id(), sp.get_piece_size()
+    n_train = steps * settings.batch_size * (settings.seq_len - 1)
+    encode = SegmentationSampler.from_proto(proto, alpha).encoder(np.random.default_rng(0))
+    blocks = lms.pack(lms.sampled_stream(encode, train, sep, n_train, chunk=2048), settings.seq_len, sep,
+                      keep_partial=False)
+    model = build_causal_lm(settings.preset, vocab, seed=0)
+    t0 = time.perf_counter()
+    lms.train_lm(model, blocks, steps, settings, seed=0)
+    t_train = time.perf_counter() - t0
+    held = lms.pack(lms.stream(lms.sp_encoder(sp), held_out, sep), settings.seq_len, sep)
+    t0 = time.perf_counter()
+    acc = lms.accumulate_loss(model, held, vocab, settings.eval_batch_size)
+    t_eval = time.perf_counter() - t0
+    return {"preset": settings.preset, "vocab": vocab, "seq_len": settings.seq_len,
+            "batch_size": settings.batch_size, "torch_threads": torch.get_num_threads(),
+            "train_steps": steps, "train_tokens": n_train, "train_s": round(t_train, 2),
+            "train_tok_per_s": round(n_train / t_train), "heldout_tokens": held.n_predicted,
+            "heldout_s": round(t_eval, 2), "heldout_tok_per_s": round(held.n_predicted / t_eval),
+            "heldout_mean_ce": round(float(acc.total.sum() / acc.count.sum()), 3)}
+
+
+def micro_figures(quick: bool) -> dict[str, object]:
+    """Sampler and LM-scoring throughput with the ``adat/micro`` preset on the bundled corpus."""
+    import torch
+
+    from madapt import catalog
+    from madapt.config import load_config
+    from madapt.data.text import read_texts
+    from madapt.tokenizers.evaluate import train_unigram
+
+    catalog.load_all()
+    cfg = load_config("adat/micro")
+    torch.set_num_threads(cfg.threads)
+    texts = read_texts(cfg.corpus)[0]
+    order = np.random.default_rng(cfg.seed).permutation(len(texts))
+    n_held = round(cfg.score_fraction * len(texts))
+    held, train = [texts[i] for i in order[:n_held]], [texts[i] for i in order[n_held:]]
+    proto = train_unigram(train, cfg.initial_vocab, character_coverage=cfg.character_coverage)
+    sample_texts = train[:3000] if quick else train
+    settings = cfg.lm.settings()
+    return {"sampler": sampler_throughput(proto, sample_texts, cfg.sampling_alpha),
+            "lm_scoring": lm_throughput(proto, train, held[:300] if quick else held, settings,
+                                        steps=10 if quick else 40, alpha=cfg.sampling_alpha)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="~1 MB of text, 20k pieces")
     parser.add_argument("--mbytes", type=float, default=None, help="text size in MB")
     parser.add_argument("--vocab", type=int, default=None, help="requested initial vocabulary")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only-lm", action="store_true", help="only the sampler and LM-scoring figures")
+    parser.add_argument("--skip-lm", action="store_true", help="skip the sampler and LM-scoring figures")
     args = parser.parse_args()
+    if args.only_lm:
+        print(json.dumps(micro_figures(args.quick), indent=1))
+        return
     mbytes = args.mbytes or (1.0 if args.quick else 10.0)
     vocab = args.vocab or (20_000 if args.quick else 150_000)
 
@@ -146,6 +240,7 @@ def main() -> None:
     t_score = time.perf_counter() - t0
     finite = np.isfinite(a)
     scoring = t_count + t_loss + t_score
+    extra = {} if args.skip_lm else micro_figures(args.quick)
     print(json.dumps({
         "text_mbytes": round(sum(len(x.encode()) + 1 for x in lines) / 1e6, 2),
         "unique_words": len(corpus.words),
@@ -166,6 +261,7 @@ def main() -> None:
         "loss_negative_fraction": round(float((a[finite] < 0).mean()), 5),
         "loss_zero_fraction": round(float((a[finite] == 0).mean()), 5),
         "loss_inf_count": int((~finite).sum()),
+        **extra,
     }, indent=1))
 
 

@@ -75,3 +75,96 @@ def test_evaluate_trains_on_equal_bytes_and_metrics_agree(corpus: list[str]) -> 
         assert r["train_steps"] == (r["train_tokens"] // 31) // 4
     # equal bytes, not equal tokens: the tokenizers see different token counts
     assert results["unigram"]["train_tokens"] != results["bpe"]["train_tokens"]
+
+
+def _tiny_adat(**evaluate) -> dict:
+    return {"kind": "adat", "corpus": "stdlib_docstrings", "initial_vocab": 700, "target_vocab": 500,
+            "rounds": 1, "evaluate": evaluate}
+
+
+def test_lm_eval_config_is_validated_in_one_line() -> None:
+    from madapt import catalog
+    from madapt.config import validate
+    from madapt.errors import ConfigError
+
+    catalog.load_all()
+    cfg = validate(_tiny_adat(lm_eval={"tasks": ["arc_easy", "lambada_openai"]}), "x.yaml")
+    assert cfg.evaluate.lm_eval.spec() == ev.LMEvalSpec(("arc_easy", "lambada_openai"), 5, None, 8)
+    assert validate(_tiny_adat(), "x.yaml").evaluate.lm_eval is None  # off unless asked for
+    for bad, match in [({"tasks": []}, "tasks"), ({"tasks": ["arc easy"]}, "not a task name"),
+                       ({"tasks": ["piqa", "piqa"]}, "listed twice"), ({"tasks": ["piqa"], "num_fewshot": -1}, "num_fewshot")]:
+        with pytest.raises(ConfigError, match=match) as info:
+            validate(_tiny_adat(lm_eval=bad), "x.yaml")
+        assert "\n" not in info.value.one_line()
+
+
+@pytest.fixture
+def no_lm_eval(monkeypatch):
+    """Make ``import lm_eval`` fail as it does when the extra is not installed."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "lm_eval" or name.startswith("lm_eval."):
+            raise ModuleNotFoundError(f"No module named '{name}'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    monkeypatch.delitem(__import__("sys").modules, "lm_eval", raising=False)
+
+
+def test_lm_eval_not_installed_is_one_line_naming_the_extra(no_lm_eval, corpus: list[str]) -> None:
+    from madapt.errors import ConfigError
+    from madapt.tokenizers import adat
+
+    with pytest.raises(ConfigError) as info:
+        ev.require_lm_eval()
+    line = info.value.one_line()
+    assert "pip install 'madapt[lm-eval]'" in line and "\n" not in line
+    # evaluate() refuses before training anything, and the recipe before reading the corpus
+    cand = ev.sentencepiece_candidate("unigram", ev.train_unigram(corpus, 700))
+    with pytest.raises(ConfigError, match="lm-eval"):
+        ev.evaluate(cand, corpus[:10], corpus[10:12], LMSettings(seq_len=16), 1, 0, ev.LMEvalSpec(("piqa",)))
+    cfg = adat.AdatConfig.model_validate(_tiny_adat(lm_eval={"tasks": ["piqa"]}) | {"corpus": "/missing.txt"})
+    with pytest.raises(ConfigError, match="lm-eval"):
+        adat.prepare(cfg)
+
+
+def test_lm_eval_offline_download_failure_names_the_task(monkeypatch) -> None:
+    """Installed but offline: a stand-in ``lm_eval`` whose dataset download fails (no real lm-eval)."""
+    import sys
+    import types
+
+    class HubUnreachable(Exception):
+        pass
+
+    HubUnreachable.__module__ = "huggingface_hub.errors"
+    calls = []
+
+    def simple_evaluate(model, tasks, num_fewshot, limit):
+        calls.append(tasks)
+        if tasks == ["piqa"]:
+            try:
+                raise ConnectionError("Couldn't reach 'ybisk/piqa' on the Hub (LocalEntryNotFoundError)")
+            except ConnectionError as err:
+                raise HubUnreachable("wrapped") from err
+        return {"results": {tasks[0]: {"acc,none": 0.5, "alias": tasks[0]}}}
+
+    fake = types.ModuleType("lm_eval")
+    fake.simple_evaluate = simple_evaluate
+    models = types.ModuleType("lm_eval.models")
+    hf = types.ModuleType("lm_eval.models.huggingface")
+    hf.HFLM = lambda **kwargs: kwargs
+    for name, module in [("lm_eval", fake), ("lm_eval.models", models), ("lm_eval.models.huggingface", hf)]:
+        monkeypatch.setitem(sys.modules, name, module)
+
+    assert ev.run_lm_eval(None, None, ev.LMEvalSpec(("sciq",)), 128) == {"sciq": {"acc,none": 0.5}}
+    with pytest.raises(DataError) as info:
+        ev.run_lm_eval(None, None, ev.LMEvalSpec(("sciq", "piqa", "boolq")), 128)
+    assert info.value.one_line().startswith("lm-eval task 'piqa': its dataset could not be loaded")
+    assert calls[-1] == ["piqa"]  # one task at a time; stopped at the failing one
+    # any other error is a bug and keeps its traceback
+    fake.simple_evaluate = lambda **kwargs: 1 / 0
+    with pytest.raises(ZeroDivisionError):
+        ev.run_lm_eval(None, None, ev.LMEvalSpec(("sciq",)), 128)

@@ -1,6 +1,7 @@
 """ADAT tokenizers (seed 000, chapter 5): Unigram likelihood and removal loss, LM-loss scoring, export."""
 
 from madapt.tokenizers.export import export, hf_tokenizer, model_proto
+from madapt.tokenizers.sampling import SegmentationSampler
 from madapt.tokenizers.scoring import LossAccumulator, adat_score, carry_over, momentum, prune
 from madapt.tokenizers.unigram import (
     UnigramModel,
@@ -18,6 +19,7 @@ from madapt.tokenizers.unigram import (
 
 __all__ = [
     "LossAccumulator",
+    "SegmentationSampler",
     "UnigramModel",
     "WordCorpus",
     "adat_score",

@@ -10,16 +10,16 @@ at the same vocabulary size by training the same LM on the same text (`tokenizer
 
 Resume: a checkpoint after each round holds the current model proto (uint8 tensor), the momentum
 values aligned to its pieces, the round index, the RNG states and the round history. Every round
-reseeds torch, the LM initialisation and sentencepiece's sampler from ``seed`` and the round index,
-so resuming in the same process prunes exactly like an uninterrupted run (tested). Caveat:
-sentencepiece's sampling draws differ between *processes* even with `set_random_generator_seed`
-(measured: two identical `adat/micro` runs gave 2.342 and 2.350 bits/byte), so a resume after a
-real kill gives a vocabulary from the same procedure but not a bit-identical one.
+reseeds torch, the LM initialisation and the segmentation sampler from ``seed`` and the round
+index. The sampler is our own FFBS (`sampling.SegmentationSampler`) driven by a numpy generator,
+not sentencepiece's (whose draws differ between processes), so a run resumed in a new process
+after a kill prunes exactly like an uninterrupted run (tested across subprocesses).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,8 +75,33 @@ class VariantConfig(Strict):
     momentum_on: Literal["score", "lm_loss"] = Field("score", description="what eq. 5.5 smooths")
 
 
+class LMEvalConfig(Strict):
+    """lm-evaluation-harness tasks (§5.4.1.4: five-shot ARC-C/E, BoolQ, LAMBADA, LogiQA, PIQA, SciQ,
+    SST-2, Winogrande); needs the ``lm-eval`` extra and Hub access (or local copies) for the data."""
+
+    tasks: list[str] = Field(min_length=1, description="lm-eval task names, e.g. arc_easy, piqa")
+    num_fewshot: int = Field(5, ge=0, description="§5.4.1.4: five-shot")
+    limit: int | None = Field(None, gt=0, description="examples per task (None = all)")
+    batch_size: int = Field(8, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> LMEvalConfig:
+        for task in self.tasks:
+            if not re.fullmatch(r"[A-Za-z0-9_.\-]+", task):
+                raise ConfigError("evaluate.lm_eval.tasks", f"'{task}' is not a task name",
+                                  "lm-eval task names such as arc_easy or lambada_openai")
+        repeated = [t for t in self.tasks if self.tasks.count(t) > 1]
+        if repeated:
+            raise ConfigError("evaluate.lm_eval.tasks", f"'{repeated[0]}' is listed twice", "each task once")
+        return self
+
+    def spec(self) -> ev.LMEvalSpec:
+        return ev.LMEvalSpec(tuple(self.tasks), self.num_fewshot, self.limit, self.batch_size)
+
+
 class EvalConfig(Strict):
     enabled: bool = True
+    lm_eval: LMEvalConfig | None = Field(None, description="optional lm-evaluation-harness tasks")
     baselines: list[Literal["unigram", "bpe"]] = Field(default_factory=lambda: list(BASELINES))
     epochs: int = Field(2, gt=0, description="passes over the (equal-bytes) training text")
     train_bytes: int | None = Field(None, gt=0, description="cap on training text bytes (None = all)")
@@ -97,7 +122,8 @@ class AdatConfig(Strict):
     rounds: int = Field(3, gt=0, description="paper: 5 (used when no schedule is given)")
     schedule: list[int] | None = Field(None, description="vocabulary size after each round")
     character_coverage: float = Field(0.9995, gt=0, le=1)
-    sampling_alpha: float = Field(0.1, gt=0, description="sentencepiece sampling smoothing (§5.3.2.1)")
+    sampling_alpha: float = Field(0.1, gt=0,
+                                  description="sampling smoothing α: P(seg) ∝ exp(α Σ log p) (§5.3.2.1)")
     round_train_tokens: int = Field(200_000, gt=0, description="LM training tokens per round (paper ~0.3B)")
     reestimate_iters: int = Field(2, ge=0, description="EM iterations after each pruning")
     unseen_pieces: Literal["impute", "infinite"] = Field(
@@ -153,6 +179,8 @@ class Prepared:
 def prepare(cfg: AdatConfig) -> Prepared:
     """Read and split the corpus and train the initial vocabulary; every user-input error is here."""
     start = time.perf_counter()
+    if cfg.evaluate.enabled and cfg.evaluate.lm_eval is not None:
+        ev.require_lm_eval()  # fail in one line now, not after the rounds
     texts, stats = read_texts(cfg.corpus, cfg.max_corpus_bytes)
     if len(texts) < 10:
         raise DataError(f"corpus '{cfg.corpus}'",
@@ -293,7 +321,8 @@ def _evaluate_all(cfg: AdatConfig, data: Prepared, protos: dict[str, bytes], fol
             continue
         t0, c0 = time.perf_counter(), time.process_time()
         console.print(f"evaluating {name} ({cand.vocab_size} pieces)")
-        metrics = ev.evaluate(cand, train, data.eval, settings, cfg.evaluate.epochs, cfg.seed)
+        lm_eval = cfg.evaluate.lm_eval.spec() if cfg.evaluate.lm_eval is not None else None
+        metrics = ev.evaluate(cand, train, data.eval, settings, cfg.evaluate.epochs, cfg.seed, lm_eval)
         metrics.update(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
         if "unigram" in candidates and name != "unigram":
             metrics["overlap_with_unigram"] = ev.vocab_overlap(cand.pieces, candidates["unigram"].pieces)

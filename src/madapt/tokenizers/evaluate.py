@@ -16,21 +16,27 @@ scored on the same held-out text with Viterbi (deterministic) segmentation. Repo
 Baselines at the target size: Unigram (sentencepiece) and byte-level BPE (Hugging Face
 ``tokenizers``). All sentencepiece models use identity normalisation, no whitespace collapsing and
 byte fallback, so decode(encode(text)) == text.
+
+Optionally (§5.4.1.4: five-shot lm-evaluation-harness tasks), each trained LM is also run through
+lm-evaluation-harness (`run_lm_eval`). That package is an optional extra imported only when a
+config asks for tasks; its datasets download from the Hugging Face Hub at run time, so offline a
+task fails with one line naming it.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import sentencepiece as spm
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from madapt.backbones.causal_lm import build_causal_lm
-from madapt.errors import DataError
+from madapt.errors import ConfigError, DataError
 from madapt.tokenizers.lm_scoring import (
     Encode,
     LMSettings,
@@ -53,6 +59,69 @@ class Candidate:
     vocab_size: int
     sep_id: int
     pieces: frozenset[str]
+    hf_tokenizer: Callable[[], Any] | None = None  # a transformers tokenizer, for lm-eval
+
+
+@dataclass(frozen=True)
+class LMEvalSpec:
+    """lm-evaluation-harness tasks to run on every trained LM (§5.4.1.4: five-shot)."""
+
+    tasks: tuple[str, ...]
+    num_fewshot: int = 5
+    limit: int | None = None
+    batch_size: int = 8
+
+
+LM_EVAL_EXTRA = "pip install 'madapt[lm-eval]'"
+
+
+def require_lm_eval(where: str = "evaluate.lm_eval") -> ModuleType:
+    """``lm_eval``, imported lazily; not installed is a one-line `ConfigError` naming the extra."""
+    try:
+        import lm_eval
+    except ImportError:
+        raise ConfigError(where, "asks for lm-evaluation-harness tasks but the lm-eval package is not installed",
+                          f"`{LM_EVAL_EXTRA}`, or no lm_eval section") from None
+    return lm_eval
+
+
+def _is_download_failure(err: BaseException) -> bool:
+    """Whether ``err`` (or what it wraps) is a failed dataset download/lookup: no network, no Hub
+    access, no local copy. Matched by exception family, since lm-eval, datasets and
+    huggingface_hub raise their own classes (all of them OSError or from those packages)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError):  # ConnectionError, TimeoutError, FileNotFoundError, HTTP errors
+            return True
+        roots = {cls.__module__.split(".")[0] for cls in type(seen).__mro__}
+        if roots & {"datasets", "huggingface_hub", "requests", "urllib3", "fsspec", "aiohttp"}:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def run_lm_eval(model: Any, tokenizer: Any, spec: LMEvalSpec, max_length: int) -> dict[str, dict[str, float]]:
+    """Numeric metrics per task of ``lm_eval.simple_evaluate`` on an in-memory model (HFLM wraps a
+    model object, no download of weights). Tasks run one at a time so that a dataset that cannot
+    be downloaded (offline) becomes a `DataError` naming its task."""
+    lm_eval = require_lm_eval()
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=spec.batch_size, max_length=max_length)
+    out: dict[str, dict[str, float]] = {}
+    for task in spec.tasks:
+        try:
+            result = lm_eval.simple_evaluate(model=lm, tasks=[task], num_fewshot=spec.num_fewshot, limit=spec.limit)
+        except Exception as err:
+            if not _is_download_failure(err):
+                raise
+            detail = " ".join(str(err).split())[:100]
+            raise DataError(f"lm-eval task '{task}'", f"its dataset could not be loaded ({type(err).__name__}: "
+                            f"{detail}; offline?)", "Hugging Face Hub access, or a local copy of the dataset "
+                            "(lm-eval's offline guide)") from None
+        metrics = result["results"].get(task, {})
+        out[task] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    return out
 
 
 def train_unigram(texts: Sequence[str], vocab_size: int, *, character_coverage: float = 0.9995,
@@ -81,7 +150,16 @@ def train_unigram(texts: Sequence[str], vocab_size: int, *, character_coverage: 
 def sentencepiece_candidate(name: str, proto: bytes) -> Candidate:
     sp = spm.SentencePieceProcessor(model_proto=proto)
     pieces = frozenset(sp.id_to_piece(i) for i in range(sp.get_piece_size()))
-    return Candidate(name, sp_encoder(sp), sp.get_piece_size(), sp.eos_id(), pieces)
+
+    def hf() -> Any:
+        from transformers import PreTrainedTokenizerFast
+
+        from madapt.tokenizers.export import hf_tokenizer
+
+        return PreTrainedTokenizerFast(tokenizer_object=hf_tokenizer(proto), unk_token=sp.id_to_piece(sp.unk_id()),
+                                       bos_token=sp.id_to_piece(sp.bos_id()), eos_token=sp.id_to_piece(sp.eos_id()))
+
+    return Candidate(name, sp_encoder(sp), sp.get_piece_size(), sp.eos_id(), pieces, hf)
 
 
 def train_bpe(texts: Sequence[str], vocab_size: int) -> Tokenizer:
@@ -100,8 +178,13 @@ def bpe_candidate(name: str, tok: Tokenizer) -> Candidate:
     def encode(texts: list[str]) -> list[list[int]]:
         return [e.ids for e in tok.encode_batch(texts)]
 
+    def hf() -> Any:
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=BPE_SEPARATOR)
+
     return Candidate(name, encode, tok.get_vocab_size(), tok.token_to_id(BPE_SEPARATOR),
-                     frozenset(tok.get_vocab()))
+                     frozenset(tok.get_vocab()), hf)
 
 
 def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
@@ -121,9 +204,12 @@ def text_bytes(texts: Sequence[str]) -> int:
 
 
 def evaluate(candidate: Candidate, train_texts: Sequence[str], eval_texts: Sequence[str],
-             settings: LMSettings, epochs: int, seed: int) -> dict[str, Any]:
+             settings: LMSettings, epochs: int, seed: int, lm_eval: LMEvalSpec | None = None) -> dict[str, Any]:
     """Train ``settings.preset`` from scratch on ``train_texts`` with this tokenizer for ``epochs``
-    passes and score ``eval_texts``; returns the metrics of the module docstring."""
+    passes and score ``eval_texts``; returns the metrics of the module docstring (plus
+    ``lm_eval`` per-task metrics when ``lm_eval`` is given)."""
+    if lm_eval is not None:
+        require_lm_eval()  # before training, not after
     train_ids = stream(candidate.encode, train_texts, candidate.sep_id)
     blocks = pack(train_ids, settings.seq_len, candidate.sep_id, keep_partial=False)
     if len(blocks.ids) == 0:
@@ -137,7 +223,13 @@ def evaluate(candidate: Candidate, train_texts: Sequence[str], eval_texts: Seque
     acc = accumulate_loss(model, eval_blocks, candidate.vocab_size, settings.eval_batch_size)
     nll = float(acc.total.sum())
     n_bytes, n_tokens = text_bytes(eval_texts), len(eval_ids)
+    extra: dict[str, Any] = {}
+    if lm_eval is not None:
+        if candidate.hf_tokenizer is None:
+            raise ValueError(f"candidate {candidate.name} has no transformers tokenizer for lm-eval")
+        extra["lm_eval"] = run_lm_eval(model, candidate.hf_tokenizer(), lm_eval, settings.seq_len)
     return {
+        **extra,
         "vocab_size": candidate.vocab_size,
         "bits_per_byte": bits_per_byte(nll, n_bytes),
         "token_ppl": math.exp(nll / n_tokens),

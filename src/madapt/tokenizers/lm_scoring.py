@@ -7,10 +7,13 @@ the next ``seq_len - 1`` stream ids, so every stream id is predicted exactly onc
 the separator as context; the last block is right-padded and masked. The same packing is used by
 `madapt.tokenizers.evaluate` for bits per byte.
 
-Training data for the scoring LM uses sentencepiece's sampling (``enable_sampling=True``, ``alpha``,
-``nbest_size=-1``: forward-filtering backward-sampling over the full lattice) so that pieces the
-Viterbi path rarely picks still get trained (§5.3.2.1); the held-out slice is segmented with
-Viterbi, the segmentation the final tokenizer will produce.
+Training data for the scoring LM is randomly segmented (§5.3.2.1) so that pieces the Viterbi path
+rarely picks still get trained: `sampling.SegmentationSampler` draws from sentencepiece's
+``enable_sampling=True, alpha, nbest_size=-1`` distribution (forward-filtering backward-sampling
+over the full lattice) with a numpy generator seeded by the round seed, so a round's training
+stream is the same in whatever process runs it (sentencepiece's own sampler cannot be seeded
+across processes). The held-out slice is segmented with sentencepiece's Viterbi (deterministic),
+the segmentation the final tokenizer will produce.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import sentencepiece as spm
 import torch
 from transformers import GPTNeoXForCausalLM
 
 from madapt.backbones.causal_lm import build_causal_lm
+from madapt.tokenizers.sampling import SegmentationSampler
 from madapt.tokenizers.scoring import LossAccumulator
 from madapt.training import build_optimizer, warmup_cosine
 
@@ -58,7 +63,8 @@ class Blocks:
 
 
 def sp_encoder(sp: spm.SentencePieceProcessor, sample: bool = False, alpha: float = 0.1) -> Encode:
-    """Batch encoder for a sentencepiece model: Viterbi, or sampling over the full lattice.
+    """Batch encoder for a sentencepiece model: Viterbi, or sentencepiece's own sampling over the
+    full lattice (not reproducible across processes; ADAT rounds use `SegmentationSampler`).
 
     Sampling encodes one text per call: sentencepiece's batch call reseeds its samplers from the
     global seed on every call, so repeated batches would repeat the same "random" segmentation.
@@ -161,12 +167,16 @@ def piece_lm_loss(model_proto: bytes, train_texts: Sequence[str], score_texts: S
                   progress: Callable[[int, int], None] | None = None) -> tuple[LossAccumulator, list[float]]:
     """One ADAT round's LM term: a fresh GPT-NeoX with one embedding row per piece of
     ``model_proto``, trained on ``train_tokens`` sampled-segmentation tokens, then scored on the
-    Viterbi segmentation of ``score_texts``. Returns the accumulator and the training losses."""
+    Viterbi segmentation of ``score_texts``. Returns the accumulator and the training losses.
+
+    The sampled segmentation is a pure function of (``seed``, texts, pieces, ``alpha``)
+    (§5.3.2.1 sampling by our FFBS), so the round gives the same LM in any process."""
     sp = spm.SentencePieceProcessor(model_proto=model_proto)
-    # Reproducible within one process; sentencepiece's draws still differ across processes.
-    spm.set_random_generator_seed(seed)
     sep = sp.eos_id()
-    train_ids = sampled_stream(sp_encoder(sp, sample=True, alpha=alpha), train_texts, sep, train_tokens)
+    sampler = SegmentationSampler.from_proto(model_proto, alpha)
+    # Large chunks: the sampler's per-call cost is numpy work, cheaper per text in big batches.
+    train_ids = sampled_stream(sampler.encoder(np.random.default_rng(seed)), train_texts, sep, train_tokens,
+                               chunk=2048)
     train_blocks = pack(train_ids, settings.seq_len, sep, keep_partial=False)
     model = build_causal_lm(settings.preset, sp.get_piece_size(), seed=seed)
     losses = train_lm(model, train_blocks, steps_for(train_tokens, settings), settings, seed, progress)

@@ -107,10 +107,10 @@ class Lattice:
     per step, with the edges into each node adjacent (and the longest piece first on ties).
     """
 
-    def __init__(self, model: UnigramModel, strings: list[str]) -> None:
+    def __init__(self, model: UnigramModel, strings: list[str], table: _PieceTable | None = None) -> None:
         lengths = np.array([len(s) for s in strings], dtype=np.int64)
         char_start, codes = np.concatenate([[0], np.cumsum(lengths)]), _code_points(strings)
-        table = _PieceTable(model)
+        table = _PieceTable(model) if table is None else table  # reusable: lattices built in batches
         string_of_char = np.repeat(np.arange(len(strings)), lengths)
         # Grow every substring one character at a time while it is still a prefix of some piece;
         # a piece hit is an edge, stored at [start character, length - 1].
