@@ -224,6 +224,22 @@ def _objects(p: _Painter, rng: np.random.Generator, *, shapes: list[str], colour
     return scene.done()
 
 
+def _row(p: _Painter, rng: np.random.Generator, n: int, texture: str) -> np.ndarray:
+    """Held-out counting style: ``n`` small objects of mixed shapes and colours side by side in one
+    row or column. Pretraining only shows same-looking objects in separate quadrants, so a model
+    that counts occupied quadrants fails here until it is fine-tuned."""
+    scene = _Scene(p, rng, texture, False)
+    d = int(rng.integers(5, 8))
+    gap = (d + int(rng.integers(1, 3))) / SIZE
+    along = 0.5 + (np.arange(n) - (n - 1) / 2) * gap + rng.uniform(-0.08, 0.08)
+    across = rng.uniform(0.3, 0.7)
+    vertical = rng.random() < 0.5
+    for a in along:
+        cx, cy = (across, a) if vertical else (a, across)
+        scene.paste(p.shape(_pick(rng, SHAPES), d, 0.0), _colour(rng, _pick(rng, COLOURS), False), cx, cy)
+    return scene.done()
+
+
 def _glyph_image(p: _Painter, rng: np.random.Generator, alpha: np.ndarray, colour: str,
                  texture: str, paper: bool) -> np.ndarray:
     scene = _Scene(p, rng, "plain" if paper else texture, False, paper=paper)
@@ -290,7 +306,7 @@ _NUMBER = ("a photo of the number {}.", "the number {}.", "a handwritten {}.", "
 _COUNTS = ("one object", "two objects", "three objects", "four objects")
 DOMAINS: dict[str, DomainSpec] = {d.name: d for d in [  # description = what is held out of pretraining
     DomainSpec("colour", tuple(COLOURS), tuple(t.format("a {} object") for t in _PHOTO), 0.7, "dark/pastel"),
-    DomainSpec("count", _COUNTS, _PHOTO, 0.8, "scenes mixing shapes and colours"),
+    DomainSpec("count", _COUNTS, _PHOTO, 0.8, "rows of small mixed objects"),
     DomainSpec("digit", NUMBERS, _NUMBER, 0.5, "sklearn digits of unseen writers; ink on paper"),
     DomainSpec("letter", LETTERS[:10], tuple(t.format("the letter {}") for t in _PHOTO), 0.7,
                "A-J; unseen fonts, lower case, ink on paper"),
@@ -332,9 +348,9 @@ def _domain_image(p: _Painter, rng: np.random.Generator, domain: str, label: int
                         heldout="colour" if heldout else "")
     if domain == "count":
         n = label + 1
-        shapes = [_pick(rng, SHAPES) for _ in range(n)] if heldout else [shape] * n
-        colours = [_pick(rng, COLOURS) for _ in range(n)] if heldout else [colour] * n
-        return _objects(p, rng, shapes=shapes, colours=colours, texture=texture)
+        if heldout:
+            return _row(p, rng, n, texture)
+        return _objects(p, rng, shapes=[shape] * n, colours=[colour] * n, texture=texture)
     if domain == "texture":
         tex = list(TEXTURES)[label]
         if rng.random() < 0.5:

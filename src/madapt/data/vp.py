@@ -11,9 +11,11 @@ never saw, through an input prompt and a source→target label mapping:
 - ``textures``: the 6 background textures at new scales and angles (6 classes).
 
 Images are uint8 (N, 32, 32, 3) arrays, deterministic in (name, split, size, seed); rendering
-reuses the painters of `madapt.data.synthetic`. Real datasets are ImageFolder trees
-``data_root/<name>/{train,test}/<class>/*`` (e.g. the CoOp / VPT splits exported to folders).
-The module also registers the bundled source classifier as backbone ``micro-source``.
+reuses the painters of `madapt.data.synthetic`. Real datasets (seed Table 6.2) are read in their
+standard on-disk layouts by `madapt.data.vp_real.load_real`; `load_folder` here is its fallback, an
+ImageFolder tree ``data_root/<name>/{train,test}/<class>/*`` (e.g. splits exported to folders).
+Both resize with `resize_to_tensor`. The module also registers the bundled source classifier as
+backbone ``micro-source``.
 """
 
 from __future__ import annotations
@@ -149,9 +151,21 @@ def load_micro(name: str, train_per_class: int, test_per_class: int, seed: int =
     return TargetData(name, list(MICRO_TARGETS[name]), train, test)
 
 
+def resize_to_tensor(image_size: int) -> Callable[[Any], torch.Tensor]:
+    """PIL image -> float (3, image_size, image_size) in [0, 1], for every real target dataset.
+
+    A plain resize to the backbone's input side, no crop or augmentation: the prompt adds the
+    backbone's normalisation (Bahng et al. add the prompt in normalised space, anchors §2), and a
+    deterministic transform keeps the extra mapping pass of ILM / OTLM comparable across epochs.
+    """
+    from torchvision import transforms
+
+    return transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor()])
+
+
 def load_folder(data_root: str | Path, name: str, image_size: int) -> TargetData:
     """ImageFolder dataset ``data_root/<name>/{train,test}/<class>/*``, resized to ``image_size``."""
-    from torchvision import datasets, transforms
+    from torchvision import datasets
 
     layout = f"{data_root}/{name}/{{train,test}}/<class>/<image>"
     root = Path(data_root) / name
@@ -164,7 +178,7 @@ def load_folder(data_root: str | Path, name: str, image_size: int) -> TargetData
         if not classes:
             raise DataError(f"dataset '{name}' split '{split}'", f"no class folders in {folder}",
                             f"the layout {layout}")
-        tf = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor()])
+        tf = resize_to_tensor(image_size)
         try:
             splits[split] = datasets.ImageFolder(str(folder), transform=tf)  # its loader converts to RGB
         except (FileNotFoundError, RuntimeError) as err:

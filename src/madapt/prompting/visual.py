@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Subset
 
 from madapt.backbones.classifier import freeze
 from madapt.config import Recipe, Strict, register_recipe
-from madapt.data import vp
+from madapt.data import vp, vp_real
 from madapt.errors import ConfigError
 from madapt.labelmap import LabelMapper
 from madapt.peft import PaddingPrompt, PlainInput, build_vpt_deep, supports_vpt_deep
@@ -171,7 +171,8 @@ def prepare(cfg: VisualPromptConfig) -> Prepared:
     if cfg.data.name in vp.MICRO_TARGETS and cfg.data.data_root is None:
         data = vp.load_micro(cfg.data.name, cfg.data.train_per_class, cfg.data.test_per_class, cfg.seed)
     else:
-        data = vp.load_folder(cfg.data.data_root, cfg.data.name, cfg.data.image_size or side)
+        # standard layouts (torchvision, VPT json, official FGVC files), else the ImageFolder tree
+        data = vp_real.load_real(cfg.data.data_root, cfg.data.name, cfg.data.image_size or side)
     n_target = len(data.classnames)
     if any(v.name not in REFERENCES for v in cfg.variants) and n_target > backbone.num_classes:
         raise ConfigError(f"data.name '{cfg.data.name}'",
