@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from madapt.errors import UserError
+from madapt.errors import ConfigError, UserError, closest
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Adapt pretrained foundation models cheaply (continual CLIP, prompts, label maps, tokenizers).")
@@ -88,13 +88,16 @@ def report(run_dir: Path = typer.Argument(..., help="A finished run folder.")) -
 
 @data_app.command("check")
 def data_check(
-    collection: str = typer.Argument(..., help="mtil | cil"),
+    collection: str = typer.Argument(..., help="mtil | cil | vp"),
     root: Path = typer.Option(..., "--root", help="The data_root folder."),
 ) -> None:
     """List which datasets of a collection are present under --root and the layout expected."""
-    from madapt.data.mtil import check_layout
+    from madapt.data import mtil, vp_real
 
-    rows = check_layout(collection, root)
+    if collection not in ("mtil", "cil", "vp"):
+        raise ConfigError(f"data collection '{collection}'", "is unknown",
+                          "mtil, cil or vp" + closest(collection, ("mtil", "cil", "vp")))
+    rows = vp_real.check_layout(root) if collection == "vp" else mtil.check_layout(collection, root)
     missing = 0
     for name, ok, message in rows:
         missing += not ok

@@ -47,7 +47,8 @@ Source = Literal["extra_pass", "train_pass"]
 class DataConfig(Strict):
     name: str = Field(..., description="micro target (digits, letters, shapes, textures) "
                                         "or a folder under data_root")
-    data_root: str | None = Field(None, description="real data: folder holding <name>/{train,test}/<class>/*")
+    data_root: str | None = Field(None, description="real data: folder holding the dataset in its standard layout "
+                                               "(`madapt data check vp`) or <name>/{train,test}/<class>/*")
     train_per_class: int = Field(40, ge=1, description="micro: generated training images per class")
     test_per_class: int = Field(30, ge=1, description="micro: generated test images per class")
     image_size: int | None = Field(None, ge=8, description="real data: side images are resized to "
@@ -131,7 +132,7 @@ def check_required(cfg: VisualPromptConfig) -> None:
     """Real presets leave ``weights`` and ``data.data_root`` empty: they must be given to run."""
     if cfg.data.name not in vp.MICRO_TARGETS and cfg.data.data_root is None:
         raise ConfigError("data.data_root", f"is missing for dataset '{cfg.data.name}'",
-                          "a folder holding <name>/{train,test}/<class>/* (or a micro dataset: "
+                          "a folder holding the dataset (see `madapt data check vp`) (or a micro dataset: "
                           + ", ".join(vp.MICRO_TARGETS) + ")")
     if cfg.backbone != "micro-source" and cfg.weights is None:
         raise ConfigError("weights", f"is missing for backbone '{cfg.backbone}'",
