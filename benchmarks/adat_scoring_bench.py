@@ -128,7 +128,7 @@ def train_sentencepiece(lines: list[str], vocab_size: int, threads: int) -> tupl
 
 def sampler_throughput(proto: bytes, texts: list[str], alpha: float, chunk: int = 2048) -> dict[str, float]:
     """Sampled-segmentation tokens/s: sentencepiece (one text per call, as `lm_scoring.sp_encoder`
-    samples) vs `SegmentationSampler` in ``chunk``-text calls (as `lm_scoring.piece_lm_loss`)."""
+    samples) vs `SegmentationSampler` in ``chunk``-text calls (`lm_scoring.take_tokens` grows to 2048)."""
     from madapt.tokenizers.sampling import SegmentationSampler
 
     sp = spm.SentencePieceProcessor(model_proto=proto)
@@ -157,14 +157,15 @@ def lm_throughput(proto: bytes, train: list[str], held_out: list[str], settings,
 
     from madapt.backbones.causal_lm import build_causal_lm
     from madapt.tokenizers import lm_scoring as lms
+    from madapt.tokenizers.corpus import CyclicReader
     from madapt.tokenizers.sampling import SegmentationSampler
 
     sp = spm.SentencePieceProcessor(model_proto=proto)
     sep, vocab = sp.eos_id(), sp.get_piece_size()
     n_train = steps * settings.batch_size * (settings.seq_len - 1)
-    encode = SegmentationSampler.from_proto(proto, alpha).encoder(np.random.default_rng(0))
-    blocks = lms.pack(lms.sampled_stream(encode, train, sep, n_train, chunk=2048), settings.seq_len, sep,
-                      keep_partial=False)
+    sampler, rng = SegmentationSampler.from_proto(proto, alpha), np.random.default_rng(0)
+    ids, _ = lms.take_tokens(CyclicReader.over(train), lambda t: sampler.sample_flat(t, rng), sep, n_train)
+    blocks = lms.pack(ids, settings.seq_len, sep, keep_partial=False)
     model = build_causal_lm(settings.preset, vocab, seed=0)
     t0 = time.perf_counter()
     lms.train_lm(model, blocks, steps, settings, seed=0)

@@ -27,7 +27,7 @@ def run_experiment(config: str, overrides: list[str], out: Path, resume: bool, c
     procs = join_processes()  # rank 0 of 1 unless started by `accelerate launch`
     if procs.world > 1 and not recipe.multiprocess:
         raise ConfigError("kind", f"'{cfg.kind}' runs in one process, not {procs.world}",
-                          "a plain `madapt run` (only kind continual shares work under accelerate launch)")
+                          "a plain `madapt run` (kinds continual and adat share work under accelerate launch)")
     run = open_run(Path(out), text, resume)
     procs.barrier()  # every process has checked the folder before the main one writes into it
     if not procs.is_main:

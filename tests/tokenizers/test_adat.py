@@ -85,7 +85,8 @@ def test_unseen_pieces_get_expected_count_times_mean_loss() -> None:
 def test_viterbi_counts_match_sentencepiece(prepared) -> None:
     model = UnigramModel.from_sentencepiece(prepared.initial_proto)
     sp = spm.SentencePieceProcessor(model_proto=prepared.initial_proto)
-    expected = np.bincount([i for t in prepared.train for i in sp.encode(t)], minlength=len(model.pieces))
+    train = list(prepared.corpus.texts("train"))
+    expected = np.bincount([i for t in train for i in sp.encode(t)], minlength=len(model.pieces))
     counts = adat.viterbi_counts(model, prepared.words)
     matchable = model.matchable
     # sentencepiece agrees on every matchable piece (byte-fallback ids stand in for unknown chars)
@@ -103,7 +104,7 @@ def test_final_vocabulary_has_target_size_and_every_required_piece(prepared, tmp
     assert set(final.pieces) < set(initial.pieces)  # pruning only removes
     sp = spm.SentencePieceProcessor(model_proto=proto)
     assert sp.get_piece_size() == 500
-    assert all(sp.decode(sp.encode(t)) == t for t in prepared.eval)
+    assert all(sp.decode(sp.encode(t)) == t for t in prepared.corpus.texts("eval"))
     # scores were re-estimated by EM: a proper distribution over the matchable pieces
     assert np.exp(final.scores[final.matchable]).sum() == pytest.approx(1.0, abs=0.05)
 
@@ -112,7 +113,7 @@ def test_resume_after_an_interrupted_round_reproduces_the_vocabulary(prepared, t
     cfg = tiny(Path("unused"))
     variant = cfg.variants[0]
     assert variant.beta > 0  # momentum state must survive the interruption too
-    straight, _ = adat.run_rounds(cfg, variant, prepared, RunFolder(tmp_path / "a").checkpoints)
+    straight, first_history = adat.run_rounds(cfg, variant, prepared, RunFolder(tmp_path / "a").checkpoints)
 
     class Killed(Exception):
         pass
@@ -128,6 +129,9 @@ def test_resume_after_an_interrupted_round_reproduces_the_vocabulary(prepared, t
     resumed, history = adat.run_rounds(cfg, variant, prepared, checkpoints,
                                        on_round=lambda r, e: rounds_run.append(r))
     assert rounds_run == [2] and len(history) == 2
+    # round 2 read on from where round 1 stopped, also after the restart (the cursor is checkpointed)
+    assert history[1]["train_first_doc"] == history[0]["train_first_doc"] + history[0]["train_docs"] > 0
+    assert [h["train_first_doc"] for h in history] == [h["train_first_doc"] for h in first_history]
     a, b = UnigramModel.from_sentencepiece(straight), UnigramModel.from_sentencepiece(resumed)
     assert a.pieces == b.pieces
     np.testing.assert_array_equal(a.scores, b.scores)

@@ -168,3 +168,16 @@ def test_lm_eval_offline_download_failure_names_the_task(monkeypatch) -> None:
     fake.simple_evaluate = lambda **kwargs: 1 / 0
     with pytest.raises(ZeroDivisionError):
         ev.run_lm_eval(None, None, ev.LMEvalSpec(("sciq",)), 128)
+
+
+def test_initial_vocabulary_learns_from_documents_longer_than_sentencepieces_default_limit() -> None:
+    """sentencepiece skips "sentences" over 4192 bytes unless told otherwise; Pile documents are
+    longer. A character that occurs only in a 21 kB document must still get its own piece."""
+    import sentencepiece as spm
+
+    from madapt.tokenizers.evaluate import train_unigram
+
+    short = ["the cat sat on the mat", "a dog ran in the park", "birds sing at dawn"] * 200
+    long_doc = "жир " * 3000
+    sp = spm.SentencePieceProcessor(model_proto=train_unigram([*short, long_doc], 280))
+    assert "ж" in {sp.id_to_piece(i) for i in range(sp.get_piece_size())}

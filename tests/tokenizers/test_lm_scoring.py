@@ -11,15 +11,16 @@ import torch
 
 from madapt.backbones.causal_lm import build_causal_lm
 from madapt.data.text import read_texts
+from madapt.tokenizers.corpus import CyclicReader
 from madapt.tokenizers.evaluate import train_unigram
 from madapt.tokenizers.lm_scoring import (
     LMSettings,
     accumulate_loss,
     pack,
     piece_lm_loss,
-    sampled_stream,
     sp_encoder,
     stream,
+    take_tokens,
     train_lm,
 )
 
@@ -83,12 +84,22 @@ def test_sampled_segmentations_differ_but_decode_to_the_text(proto: bytes, corpu
     assert len({tuple(b) for b in batch}) > 1 and sp_encoder(sp, sample=True)([text] * 6) == batch
 
 
-def test_sampled_stream_cycles_to_the_requested_length(proto: bytes, corpus: list[str]) -> None:
+def test_take_tokens_cycles_to_the_requested_length(proto: bytes, corpus: list[str]) -> None:
     sp = spm.SentencePieceProcessor(model_proto=proto)
-    ids = sampled_stream(sp_encoder(sp), corpus[:3], SEP, n_tokens=1000, chunk=2)
+
+    def viterbi(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        pieces = sp.encode(texts)
+        return np.array([i for p in pieces for i in p], dtype=np.int64), np.array([len(p) for p in pieces])
+
+    ids, used = take_tokens(CyclicReader.over(corpus[:3]), viterbi, SEP, n_tokens=1000, first_chunk=2)
     assert len(ids) == 1000
     one_pass = stream(sp_encoder(sp), corpus[:3], SEP)
-    assert ids[: len(one_pass)] == one_pass  # Viterbi: passes repeat exactly
+    assert ids[: len(one_pass)].tolist() == one_pass  # Viterbi: passes repeat exactly
+    assert ids[len(one_pass): 2 * len(one_pass)].tolist() == one_pass
+    lengths, total, expected_used = [len(sp.encode(t)) + 1 for t in corpus[:3]], 0, 0
+    while total < 1000:  # whole documents until the budget is met, the last one cut short
+        total, expected_used = total + lengths[expected_used % 3], expected_used + 1
+    assert used == expected_used
 
 
 def test_training_lowers_the_loss() -> None:

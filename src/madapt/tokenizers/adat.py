@@ -8,12 +8,27 @@ the round's size, re-estimates the scores by EM and exports the next round's ``.
 every variant (ablations of Table 5.5 are variants) is compared with Unigram and BPE baselines
 at the same vocabulary size by training the same LM on the same text (`tokenizers.evaluate`).
 
+Corpus (`tokenizers.corpus`): the file is streamed in order, never loaded. Evaluation and
+scoring documents are held out by position (fixed, disjoint from the training text); the initial
+vocabulary, the word counts behind the removal loss and EM, and the baselines see every training
+document or a seeded ``unigram_docs`` sample; each round's LM reads ``round_train_tokens`` from
+where the previous round stopped, wrapping around (§5.4.2: each round trains on another fifth of
+the corpus). Memory follows the round's budget and that sample, not the corpus.
+
+Several processes (``accelerate launch``, §5.4.7.1's 8 GPUs; `madapt.training.Processes`): each
+LM, scoring and evaluation, trains on every process's shard of each global batch with gradients
+averaged, and held-out losses are summed over shards; the Unigram side (removal loss, pruning,
+EM, baselines) runs identically in every process and is checked to agree. Only the main process
+writes (checkpoints, exports, evaluation files, results). Results equal a single-process run's up
+to float summation order.
+
 Resume: a checkpoint after each round holds the current model proto (uint8 tensor), the momentum
-values aligned to its pieces, the round index, the RNG states and the round history. Every round
-reseeds torch, the LM initialisation and the segmentation sampler from ``seed`` and the round
-index. The sampler is our own FFBS (`sampling.SegmentationSampler`) driven by a numpy generator,
-not sentencepiece's (whose draws differ between processes), so a run resumed in a new process
-after a kill prunes exactly like an uninterrupted run (tested across subprocesses).
+values aligned to its pieces, the round index, the training-text cursor, the RNG states and the
+round history. Every round reseeds torch, the LM initialisation and the segmentation sampler from
+``seed`` and the round index. The sampler is our own FFBS (`sampling.SegmentationSampler`)
+driven by a numpy generator, not sentencepiece's (whose draws differ between processes), so a
+run resumed in a new process after a kill prunes exactly like an uninterrupted run (tested
+across subprocesses).
 """
 
 from __future__ import annotations
@@ -21,7 +36,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,13 +48,13 @@ from pydantic import Field, model_validator
 from rich.console import Console
 
 from madapt.config import Recipe, Strict, register_recipe
-from madapt.data.text import ReadStats, read_texts
 from madapt.errors import ConfigError, DataError
 from madapt.report import plots
 from madapt.report.markdown import Section, write_report
 from madapt.report.tables import print_table
 from madapt.runs import Checkpointer, RunFolder, atomic_write_json, rng_state, set_rng_state
 from madapt.tokenizers import evaluate as ev
+from madapt.tokenizers.corpus import PARTS, CorpusCounts, CorpusStream, HeldOut, reservoir_sample
 from madapt.tokenizers.export import export, model_proto
 from madapt.tokenizers.lm_scoring import LMSettings, piece_lm_loss
 from madapt.tokenizers.scoring import adat_score, carry_over, momentum, prune
@@ -50,6 +66,7 @@ from madapt.tokenizers.unigram import (
     viterbi,
     word_counts,
 )
+from madapt.training import Processes, join_processes
 
 BASELINES = ("unigram", "bpe")
 
@@ -114,9 +131,14 @@ class AdatConfig(Strict):
     threads: int = Field(1, ge=1, description="torch intra-op threads (1 is fastest for micro models)")
     corpus: str = Field("stdlib_docstrings",
                         description="a bundled corpus name or a .txt/.jsonl(.xz/.gz) path")
-    max_corpus_bytes: int | None = Field(None, gt=0)
-    score_fraction: float = Field(0.1, gt=0, lt=0.5, description="held-out slice for the LM loss b")
-    eval_fraction: float = Field(0.1, gt=0, lt=0.5, description="held-out slice for the evaluation")
+    max_corpus_bytes: int | None = Field(None, gt=0, description="read the file's first documents up to this")
+    score_fraction: float = Field(0.1, gt=0, lt=0.5, description="documents held out (spread evenly) "
+                                  "for the LM loss b (§5.4.2: 0.1B tokens)")
+    eval_fraction: float = Field(0.1, gt=0, lt=0.5,
+                                 description="documents held out (spread evenly) for the evaluation")
+    unigram_docs: int | None = Field(
+        None, gt=0, description="seeded sample of training documents for the initial vocabulary, the removal "
+        "loss a, EM and the baseline vocabularies (sentencepiece's input_sentence_size); None = every one")
     initial_vocab: int = Field(8000, gt=0, description="§5.4.2: 150k in the paper")
     target_vocab: int = Field(2000, gt=0, description="paper: 50k")
     rounds: int = Field(3, gt=0, description="paper: 5 (used when no schedule is given)")
@@ -124,7 +146,8 @@ class AdatConfig(Strict):
     character_coverage: float = Field(0.9995, gt=0, le=1)
     sampling_alpha: float = Field(0.1, gt=0,
                                   description="sampling smoothing α: P(seg) ∝ exp(α Σ log p) (§5.3.2.1)")
-    round_train_tokens: int = Field(200_000, gt=0, description="LM training tokens per round (paper ~0.3B)")
+    round_train_tokens: int = Field(200_000, gt=0, description="LM training tokens per round (paper ~0.3B); "
+                                    "each round reads on from where the previous one stopped")
     reestimate_iters: int = Field(2, ge=0, description="EM iterations after each pruning")
     unseen_pieces: Literal["impute", "infinite"] = Field(
         "impute",
@@ -167,39 +190,69 @@ class AdatConfig(Strict):
 
 @dataclass
 class Prepared:
-    train: list[str]
-    score: list[str]
-    eval: list[str]
+    """The streamed corpus and what every round reuses. No corpus text is held except the
+    optional bounded ``unigram_docs`` sample (``sample``; None = stream every training document)."""
+
+    corpus: CorpusStream
+    counts: CorpusCounts
     words: WordCorpus
     initial_proto: bytes
-    stats: ReadStats
     seconds: float
+    sample: list[str] | None = None
+
+    def vocab_texts(self) -> Iterable[str]:
+        return vocab_texts(self.corpus, self.sample)
+
+
+def vocab_texts(corpus: CorpusStream, sample: list[str] | None) -> Iterable[str]:
+    """The training text the Unigram statistics and the baseline vocabularies are fitted on."""
+    return iter(sample) if sample is not None else corpus.texts("train")
 
 
 def prepare(cfg: AdatConfig) -> Prepared:
-    """Read and split the corpus and train the initial vocabulary; every user-input error is here."""
+    """Count and split the streamed corpus and train the initial vocabulary; every user-input
+    error is here. Each process of a multi-process run prepares the same (deterministic) result."""
     start = time.perf_counter()
     if cfg.evaluate.enabled and cfg.evaluate.lm_eval is not None:
         ev.require_lm_eval()  # fail in one line now, not after the rounds
-    texts, stats = read_texts(cfg.corpus, cfg.max_corpus_bytes)
-    if len(texts) < 10:
+    corpus = CorpusStream(cfg.corpus, cfg.max_corpus_bytes,
+                          HeldOut.seeded(cfg.eval_fraction, cfg.score_fraction, cfg.seed))
+    counts = corpus.count()
+    stats = counts.stats
+    if stats.kept < 10:
         raise DataError(f"corpus '{cfg.corpus}'",
-                        f"has {len(texts)} usable lines ({stats.n_skipped} skipped)",
+                        f"has {stats.kept} usable lines ({stats.n_skipped} skipped)",
                         "at least 10 non-empty UTF-8 documents")
-    order = np.random.default_rng(cfg.seed).permutation(len(texts))
-    n_eval = max(1, round(cfg.eval_fraction * len(texts)))
-    n_score = max(1, round(cfg.score_fraction * len(texts)))
-    eval_texts = [texts[i] for i in order[:n_eval]]
-    score_texts = [texts[i] for i in order[n_eval:n_eval + n_score]]
-    train = [texts[i] for i in order[n_eval + n_score:]]
-    proto = ev.train_unigram(train, cfg.initial_vocab, character_coverage=cfg.character_coverage,
-                             num_threads=2, where=f"corpus '{cfg.corpus}'")
+    empty = [part for part in PARTS if counts.docs[part] == 0]
+    if empty:
+        raise DataError(f"corpus '{cfg.corpus}'", f"leaves no {empty[0]} documents among its {stats.kept}",
+                        "more documents, or larger eval_fraction/score_fraction")
+    sample = None
+    if cfg.unigram_docs is not None:
+        sample = reservoir_sample(corpus.texts("train"), cfg.unigram_docs, cfg.seed)
+    proto = ev.train_unigram(vocab_texts(corpus, sample), cfg.initial_vocab, num_threads=2,
+                             character_coverage=cfg.character_coverage, where=f"corpus '{cfg.corpus}'")
     required = int(UnigramModel.from_sentencepiece(proto).required_mask().sum())
     if required > cfg.target_vocab:
         raise ConfigError("target_vocab", f"{cfg.target_vocab} is below the {required} required pieces "
                           "(specials, 256 bytes, every character)", f"at least {required}")
-    seconds = time.perf_counter() - start
-    return Prepared(train, score_texts, eval_texts, word_counts(train), proto, stats, seconds)
+    words = word_counts(vocab_texts(corpus, sample))
+    return Prepared(corpus, counts, words, proto, time.perf_counter() - start, sample)
+
+
+def same_everywhere(processes: Processes, blob: bytes, what: str) -> None:
+    """Fail loudly when processes that must hold identical bytes do not.
+
+    Vocabularies are computed by every process from identical inputs with deterministic code
+    rather than broadcast; a divergence (which would make the processes average gradients of
+    different models) is caught by comparing CRC-32s, summed exactly in float64.
+    """
+    if processes.world == 1:
+        return
+    crc = zlib.crc32(blob)
+    if processes.sum([float(crc)])[0] != crc * processes.world:
+        raise RuntimeError(f"{what} differs between the {processes.world} processes "
+                           f"(CRC-32 {crc} on rank {processes.rank}); they must compute the same bytes")
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
@@ -236,26 +289,40 @@ def impute_unseen(b: np.ndarray, count: np.ndarray, freq: np.ndarray) -> np.ndar
 
 def run_rounds(cfg: AdatConfig, variant: VariantConfig, data: Prepared, checkpoints: Checkpointer,
                on_round: Callable[[int, dict[str, Any]], None] | None = None,
-               ) -> tuple[bytes, list[dict[str, Any]]]:
+               processes: Processes = Processes()) -> tuple[bytes, list[dict[str, Any]]]:
     """The pruning loop for one variant; resumes from ``checkpoints``. Returns the final model
-    proto and one history entry per round. ``on_round(r, entry)`` runs after round r's checkpoint."""
+    proto and one history entry per round. ``on_round(r, entry)`` runs after round r's checkpoint.
+
+    Round r's LM reads the training documents from the cursor where round r-1 stopped (§5.4.2:
+    each round trains on another part of the corpus), wrapping around; round 1 of every variant
+    starts at the first training document. The cursor travels in the checkpoint, so a resumed
+    run reads the same text. Under several processes all of them run
+    this loop: the LM term is shared (`lm_scoring.piece_lm_loss`: sharded batches, summed
+    per-piece losses), while the removal loss, score, pruning and EM re-estimation, deterministic
+    numpy on identical inputs, run identically in every process instead of being broadcast
+    (checked by `same_everywhere` each round). Only the main process saves checkpoints and calls
+    ``on_round``."""
+    processes.barrier()  # nobody reads a checkpoint the main process could still be replacing
     saved = checkpoints.load()
     if saved is None:
-        proto, prev, history, start = data.initial_proto, None, [], 0
+        proto, prev, history, start, cursor = data.initial_proto, None, [], 0, 0
     else:
         proto = bytes(saved.state["proto"].numpy().tobytes())
         history, start = list(saved.state["history"]), int(saved.unit["round"])
+        cursor = int(saved.state["train_cursor"])
         pieces = UnigramModel.from_sentencepiece(proto).pieces
         prev = None
         if saved.state["has_momentum"]:
             prev = dict(zip(pieces, saved.state["momentum"].double().numpy()))
         set_rng_state(saved.state["rng"])
+    reader = data.corpus.train_reader(cursor)
     for r, size in enumerate(cfg.sizes()[start:], start=start):
         t0, c0 = time.perf_counter(), time.process_time()
         model = UnigramModel.from_sentencepiece(proto)
         seed = cfg.seed + 1009 * (r + 1)
-        acc, losses = piece_lm_loss(proto, data.train, data.score, cfg.round_train_tokens, cfg.lm.settings(),
-                                    seed, alpha=cfg.sampling_alpha)
+        first_doc, consumed = reader.position, reader.consumed
+        acc, losses = piece_lm_loss(proto, reader, data.corpus.texts("score"), cfg.round_train_tokens,
+                                    cfg.lm.settings(), seed, alpha=cfg.sampling_alpha, processes=processes)
         b = acc.total.numpy()
         if cfg.unseen_pieces == "impute":
             b = impute_unseen(b, acc.count.numpy(), viterbi_counts(model, data.words))
@@ -272,46 +339,64 @@ def run_rounds(cfg: AdatConfig, variant: VariantConfig, data: Prepared, checkpoi
         keep = prune(model.pieces, score, len(model.pieces) - size, model.required_mask())
         pruned = reestimate_scores(model.subset(keep), data.words, cfg.reestimate_iters)
         proto = model_proto(proto, pruned)
+        same_everywhere(processes, proto, f"the vocabulary after round {r + 1}")
         lowest = np.flatnonzero(~keep)[np.argsort(score[~keep], kind="stable")]
         history.append({
             "round": r + 1, "size_before": len(model.pieces), "size_after": len(pruned.pieces),
             "pruned": int((~keep).sum()), "lowest_pruned": [model.pieces[i] for i in lowest[:12]],
             "unseen_in_scoring": int(((acc.count == 0).numpy() & model.matchable).sum()),
+            "train_first_doc": first_doc, "train_docs": reader.consumed - consumed,
             "lm_train_loss": float(np.mean(losses[-10:])),
             "lm_heldout_loss": float(acc.total.sum() / acc.count.sum()),
             "a": _summary(a), "b": _summary(b), "score": _summary(score),
             "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
         })
-        kept_momentum = carry_over(prev, pruned.pieces) if prev is not None else np.zeros(len(pruned.pieces))
-        checkpoints.save({"round": r + 1}, {
-            "proto": torch.frombuffer(bytearray(proto), dtype=torch.uint8), "has_momentum": prev is not None,
-            "momentum": torch.from_numpy(kept_momentum), "history": history, "rng": rng_state()})
-        if on_round is not None:
-            on_round(r + 1, history[-1])
+        if processes.is_main:  # the others hold the same state
+            carried = carry_over(prev, pruned.pieces) if prev is not None else np.zeros(len(pruned.pieces))
+            checkpoints.save({"round": r + 1}, {
+                "proto": torch.frombuffer(bytearray(proto), dtype=torch.uint8), "has_momentum": prev is not None,
+                "momentum": torch.from_numpy(carried), "history": history, "rng": rng_state(),
+                "train_cursor": reader.position})
+            if on_round is not None:
+                on_round(r + 1, history[-1])
     return proto, history
 
 
+def eval_train_texts(corpus: CorpusStream, max_bytes: int | None) -> list[str]:
+    """The evaluation LMs' training text: the training documents from the first, up to
+    ``max_bytes`` (UTF-8 plus one per separator; None = all of them, held in memory)."""
+    out, total = [], 0
+    for text in corpus.texts("train"):
+        if max_bytes is not None and total >= max_bytes:
+            break
+        out.append(text)
+        total += len(text.encode("utf-8")) + 1
+    return out
+
+
 def _evaluate_all(cfg: AdatConfig, data: Prepared, protos: dict[str, bytes], folder: RunFolder,
-                  console: Console) -> dict[str, dict[str, Any]]:
-    """Baselines at the target size plus every variant, each LM trained on the same text."""
+                  console: Console, processes: Processes = Processes()) -> dict[str, dict[str, Any]]:
+    """Baselines at the target size plus every variant, each LM trained on the same text.
+
+    Every process fits the baselines (deterministic, checked) and trains each LM on its shards;
+    the main process alone writes the baselines and the per-tokenizer results."""
+    processes.barrier()  # every process sees the same finished evaluations when resuming
     candidates = {name: ev.sentencepiece_candidate(name, p) for name, p in protos.items()}
     if "unigram" in cfg.evaluate.baselines:
-        proto = ev.train_unigram(data.train, cfg.target_vocab, character_coverage=cfg.character_coverage)
-        export(proto, UnigramModel.from_sentencepiece(proto), folder.path / "baselines" / "unigram")
+        proto = ev.train_unigram(data.vocab_texts(), cfg.target_vocab,
+                                 character_coverage=cfg.character_coverage)
+        same_everywhere(processes, proto, "the Unigram baseline")
+        if processes.is_main:
+            export(proto, UnigramModel.from_sentencepiece(proto), folder.path / "baselines" / "unigram")
         candidates["unigram"] = ev.sentencepiece_candidate("unigram", proto)
     if "bpe" in cfg.evaluate.baselines:
-        tok = ev.train_bpe(data.train, cfg.target_vocab)
-        (folder.path / "baselines" / "bpe").mkdir(parents=True, exist_ok=True)
-        tok.save(str(folder.path / "baselines" / "bpe" / "tokenizer.json"))
+        tok = ev.train_bpe(data.vocab_texts(), cfg.target_vocab)
+        same_everywhere(processes, tok.to_str().encode("utf-8"), "the BPE baseline")
+        if processes.is_main:
+            (folder.path / "baselines" / "bpe").mkdir(parents=True, exist_ok=True)
+            tok.save(str(folder.path / "baselines" / "bpe" / "tokenizer.json"))
         candidates["bpe"] = ev.bpe_candidate("bpe", tok)
-    train = data.train
-    if cfg.evaluate.train_bytes is not None:
-        train, total = [], 0
-        for text in data.train:
-            if total >= cfg.evaluate.train_bytes:
-                break
-            train.append(text)
-            total += len(text.encode("utf-8")) + 1
+    train = eval_train_texts(data.corpus, cfg.evaluate.train_bytes)
     settings = (cfg.evaluate.lm or cfg.lm).settings()
     out: dict[str, dict[str, Any]] = {}
     for name, cand in candidates.items():
@@ -322,24 +407,34 @@ def _evaluate_all(cfg: AdatConfig, data: Prepared, protos: dict[str, bytes], fol
         t0, c0 = time.perf_counter(), time.process_time()
         console.print(f"evaluating {name} ({cand.vocab_size} pieces)")
         lm_eval = cfg.evaluate.lm_eval.spec() if cfg.evaluate.lm_eval is not None else None
-        metrics = ev.evaluate(cand, train, data.eval, settings, cfg.evaluate.epochs, cfg.seed, lm_eval)
+        metrics = ev.evaluate(cand, train, data.corpus.texts("eval"), settings, cfg.evaluate.epochs, cfg.seed,
+                              lm_eval, processes)
         metrics.update(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
         if "unigram" in candidates and name != "unigram":
             metrics["overlap_with_unigram"] = ev.vocab_overlap(cand.pieces, candidates["unigram"].pieces)
-        atomic_write_json(path, metrics)
-        folder.log(f"eval {name}: {metrics['bits_per_byte']:.4f} bits/byte")
+        if processes.is_main:
+            atomic_write_json(path, metrics)
+            folder.log(f"eval {name}: {metrics['bits_per_byte']:.4f} bits/byte")
         out[name] = metrics
     return out
 
 
 def run(cfg: AdatConfig, data: Prepared, folder: RunFolder, console: Console) -> dict[str, Any]:
+    """Every variant's rounds, then the evaluation. Under ``accelerate launch`` every process
+    runs this with its `Processes` (the results of the others are discarded); only the main
+    process writes into ``folder``."""
     torch.set_num_threads(cfg.threads)
+    processes = join_processes()
+    same_everywhere(processes, data.initial_proto, "the initial sentencepiece vocabulary")
     t0, c0 = time.perf_counter(), time.process_time()
+    stats, docs = data.counts.stats, data.counts.docs
     results: dict[str, Any] = {
-        "corpus": {"name": cfg.corpus, "documents": data.stats.kept, "bytes": data.stats.kept_bytes,
-                   "skipped": data.stats.skipped, "train_docs": len(data.train),
-                   "score_docs": len(data.score), "eval_docs": len(data.eval)},
-        "schedule": [cfg.initial_vocab, *cfg.sizes()], "variants": {}, "prepare_seconds": data.seconds}
+        "corpus": {"name": cfg.corpus, "documents": stats.kept, "bytes": stats.kept_bytes,
+                   "skipped": stats.skipped, "train_docs": docs["train"], "score_docs": docs["score"],
+                   "eval_docs": docs["eval"],
+                   "unigram_docs": docs["train"] if data.sample is None else len(data.sample)},
+        "schedule": [cfg.initial_vocab, *cfg.sizes()], "variants": {}, "prepare_seconds": data.seconds,
+        "processes": processes.world}
     protos: dict[str, bytes] = {}
     for variant in cfg.variants:
         sub = RunFolder(folder.path / variant.name)
@@ -350,19 +445,20 @@ def run(cfg: AdatConfig, data: Prepared, folder: RunFolder, console: Console) ->
             console.print(f"{name} round {r}: {entry['size_before']} -> {entry['size_after']} "
                           f"({entry['seconds']:.0f} s, {entry['cpu_seconds']:.0f} s CPU)")
 
-        proto, history = run_rounds(cfg, variant, data, sub.checkpoints, log)
+        proto, history = run_rounds(cfg, variant, data, sub.checkpoints, log, processes)
         final = UnigramModel.from_sentencepiece(proto)
-        sp_path, json_path = export(proto, final, sub.path)
-        sp = spm.SentencePieceProcessor(model_file=str(sp_path))  # check the file as written
-        lossless = all(sp.decode(sp.encode(t)) == t for t in data.eval)
-        results["variants"][variant.name] = {
-            **variant.model_dump(), "rounds": history, "final_size": len(final.pieces),
-            "roundtrip_lossless": lossless, "files": [sp_path.name, json_path.name]}
+        entry: dict[str, Any] = {**variant.model_dump(), "rounds": history, "final_size": len(final.pieces)}
+        if processes.is_main:
+            sp_path, json_path = export(proto, final, sub.path)
+            sp = spm.SentencePieceProcessor(model_file=str(sp_path))  # check the file as written
+            entry["roundtrip_lossless"] = all(sp.decode(sp.encode(t)) == t for t in data.corpus.texts("eval"))
+            entry["files"] = [sp_path.name, json_path.name]
+        results["variants"][variant.name] = entry
         protos[variant.name] = proto
     results["rounds_seconds"] = time.perf_counter() - t0
     results["rounds_cpu_seconds"] = time.process_time() - c0
     if cfg.evaluate.enabled:
-        results["evaluation"] = _evaluate_all(cfg, data, protos, folder, console)
+        results["evaluation"] = _evaluate_all(cfg, data, protos, folder, console, processes)
         uni = results["evaluation"].get("unigram")
         if uni is not None:
             results["beats_unigram_bpb"] = {
@@ -408,4 +504,4 @@ def report(results: dict[str, Any], folder: RunFolder, console: Console) -> None
     write_report(folder.path, "ADAT report", sections)
 
 
-register_recipe(Recipe("adat", AdatConfig, prepare, run, report))
+register_recipe(Recipe("adat", AdatConfig, prepare, run, report, multiprocess=True))

@@ -17,6 +17,10 @@ Baselines at the target size: Unigram (sentencepiece) and byte-level BPE (Huggin
 ``tokenizers``). All sentencepiece models use identity normalisation, no whitespace collapsing and
 byte fallback, so decode(encode(text)) == text.
 
+The held-out text is streamed (encoded, packed and scored a chunk at a time). Under
+``accelerate launch`` each evaluation LM trains like the scoring LM of `lm_scoring`: every process
+takes its shard of each batch with gradients averaged, and the held-out NLL is summed over shards.
+
 Optionally (§5.4.1.4: five-shot lm-evaluation-harness tasks), each trained LM is also run through
 lm-evaluation-harness (`run_lm_eval`). That package is an optional extra imported only when a
 config asks for tasks; its datasets download from the Hugging Face Hub at run time, so offline a
@@ -27,11 +31,12 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import sentencepiece as spm
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -41,11 +46,13 @@ from madapt.tokenizers.lm_scoring import (
     Encode,
     LMSettings,
     accumulate_loss,
+    encode_chunks,
+    iter_blocks,
     pack,
     sp_encoder,
-    stream,
     train_lm,
 )
+from madapt.training import Processes
 
 BPE_SEPARATOR = "<|endoftext|>"
 
@@ -124,11 +131,15 @@ def run_lm_eval(model: Any, tokenizer: Any, spec: LMEvalSpec, max_length: int) -
     return out
 
 
-def train_unigram(texts: Sequence[str], vocab_size: int, *, character_coverage: float = 0.9995,
+MAX_DOCUMENT_BYTES = 1 << 24
+
+
+def train_unigram(texts: Iterable[str], vocab_size: int, *, character_coverage: float = 0.9995,
                   max_piece_length: int = 16, num_threads: int = 2, where: str = "corpus") -> bytes:
     """A sentencepiece Unigram ``.model`` (serialized) with byte fallback and identity normalisation.
 
-    A corpus too small for ``vocab_size`` becomes a `DataError` naming ``where``.
+    ``texts`` may be a stream; sentencepiece keeps what it reads. A corpus too small for
+    ``vocab_size`` becomes a `DataError` naming ``where``.
     """
     buffer = io.BytesIO()
     try:
@@ -136,7 +147,9 @@ def train_unigram(texts: Sequence[str], vocab_size: int, *, character_coverage: 
             sentence_iterator=iter(texts), model_writer=buffer, model_type="unigram", vocab_size=vocab_size,
             byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
             character_coverage=character_coverage, max_sentencepiece_length=max_piece_length,
-            num_threads=num_threads, minloglevel=2)
+            # sentencepiece silently skips longer "sentences" (default 4192 bytes): whole Pile
+            # documents are longer, and our Unigram model counts them whole
+            max_sentence_length=MAX_DOCUMENT_BYTES, num_threads=num_threads, minloglevel=2)
     except RuntimeError as err:
         detail = " ".join(str(err).split())[-120:]
         if "Vocabulary size too high" not in detail:
@@ -162,7 +175,7 @@ def sentencepiece_candidate(name: str, proto: bytes) -> Candidate:
     return Candidate(name, sp_encoder(sp), sp.get_piece_size(), sp.eos_id(), pieces, hf)
 
 
-def train_bpe(texts: Sequence[str], vocab_size: int) -> Tokenizer:
+def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     """Byte-level BPE (GPT-2/Pythia style) with ``vocab_size`` entries including 256 bytes and the
     separator; fewer when the text has too few pairs to merge."""
     tok = Tokenizer(models.BPE())
@@ -203,28 +216,46 @@ def text_bytes(texts: Sequence[str]) -> int:
     return sum(len(t.encode("utf-8")) + 1 for t in texts)
 
 
-def evaluate(candidate: Candidate, train_texts: Sequence[str], eval_texts: Sequence[str],
-             settings: LMSettings, epochs: int, seed: int, lm_eval: LMEvalSpec | None = None) -> dict[str, Any]:
+def evaluate(candidate: Candidate, train_texts: Sequence[str], eval_texts: Iterable[str],
+             settings: LMSettings, epochs: int, seed: int, lm_eval: LMEvalSpec | None = None,
+             processes: Processes = Processes()) -> dict[str, Any]:
     """Train ``settings.preset`` from scratch on ``train_texts`` with this tokenizer for ``epochs``
     passes and score ``eval_texts``; returns the metrics of the module docstring (plus
-    ``lm_eval`` per-task metrics when ``lm_eval`` is given)."""
+    ``lm_eval`` per-task metrics when ``lm_eval`` is given).
+
+    ``eval_texts`` is consumed once, a chunk at a time. Under several processes the LM trains on
+    shards of every batch and the held-out NLL is summed over shards (`lm_scoring.train_lm`,
+    `lm_scoring.accumulate_loss`); the lm-evaluation-harness tasks run on the main process only
+    (its harness wraps one in-memory model), so only the main process's metrics carry them."""
     if lm_eval is not None:
         require_lm_eval()  # before training, not after
-    train_ids = stream(candidate.encode, train_texts, candidate.sep_id)
+    train_ids = np.concatenate([np.zeros(0, np.int64),
+                                *encode_chunks(candidate.encode, train_texts, candidate.sep_id)])
     blocks = pack(train_ids, settings.seq_len, candidate.sep_id, keep_partial=False)
     if len(blocks.ids) == 0:
         raise DataError("evaluation training text", f"gives {len(train_ids)} tokens with {candidate.name}",
                         f"at least one block of {settings.seq_len - 1} tokens")
     steps = max(1, epochs * len(blocks.ids) // settings.batch_size)
-    model = build_causal_lm(settings.preset, candidate.vocab_size, seed=seed)
-    losses = train_lm(model, blocks, steps, settings, seed)
-    eval_ids = stream(candidate.encode, eval_texts, candidate.sep_id)
-    eval_blocks = pack(eval_ids, settings.seq_len, candidate.sep_id)
-    acc = accumulate_loss(model, eval_blocks, candidate.vocab_size, settings.eval_batch_size)
+    model = build_causal_lm(settings.preset, candidate.vocab_size, seed=seed).to(processes.device)
+    losses = train_lm(model, blocks, steps, settings, seed, processes=processes)
+    seen = {"bytes": 0, "tokens": 0}
+
+    def counted_texts() -> Iterator[str]:
+        for text in eval_texts:
+            seen["bytes"] += text_bytes([text])
+            yield text
+
+    def counted_chunks() -> Iterator[np.ndarray]:
+        for ids in encode_chunks(candidate.encode, counted_texts(), candidate.sep_id):
+            seen["tokens"] += len(ids)
+            yield ids
+
+    eval_blocks = iter_blocks(counted_chunks(), settings.seq_len, candidate.sep_id)
+    acc = accumulate_loss(model, eval_blocks, candidate.vocab_size, settings.eval_batch_size, processes)
     nll = float(acc.total.sum())
-    n_bytes, n_tokens = text_bytes(eval_texts), len(eval_ids)
+    n_bytes, n_tokens = seen["bytes"], seen["tokens"]
     extra: dict[str, Any] = {}
-    if lm_eval is not None:
+    if lm_eval is not None and processes.is_main:
         if candidate.hf_tokenizer is None:
             raise ValueError(f"candidate {candidate.name} has no transformers tokenizer for lm-eval")
         extra["lm_eval"] = run_lm_eval(model, candidate.hf_tokenizer(), lm_eval, settings.seq_len)
