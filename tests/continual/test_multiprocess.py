@@ -93,6 +93,22 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
+def _run_processes(cwd: Path, out: str) -> list[int]:
+    """Pids of the `madapt run --out OUT` processes started in ``cwd`` (launcher children included)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            here = Path(os.readlink(entry / "cwd")) == cwd
+        except OSError:
+            continue
+        if here and b"madapt.cli" in argv and out.encode() in argv and b"accelerate.commands.launch" not in argv:
+            pids.append(int(entry.name))
+    return pids
+
+
 def _final_weights(run: Path, method: str) -> dict[str, torch.Tensor]:
     return Checkpointer(run / method / "checkpoints").load().state["model"]
 
@@ -143,8 +159,16 @@ def test_two_processes_killed_and_resumed_match_an_uninterrupted_run(tmp_path: P
             pass
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
+    workers = _run_processes(tmp_path, "killed")
+    assert len(workers) >= 2, workers  # both ranks are alive: the kill lands mid-run
+    for pid in (proc.pid, *workers):  # torchrun starts each rank in its own session
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.wait()
+    time.sleep(0.5)
+    assert not _run_processes(tmp_path, "killed")
     assert not (tmp_path / "killed/results.json").exists()
     resumed = subprocess.run(_command(2, "killed", resume=True), cwd=tmp_path, env=_env(), capture_output=True,
                              text=True, timeout=600)
