@@ -398,3 +398,27 @@ def test_resume_inside_a_task_reaches_the_same_matrix(ctx_factory, tmp_path, nam
         run_sequence(*fresh(), Checkpointer(tmp_path / "b"), crash)
     assert Checkpointer(tmp_path / "b").load().unit == {"task": 1, "step": 2, "phase": "train"}
     assert run_sequence(*fresh(), Checkpointer(tmp_path / "b")) == reference
+
+
+def test_individual_ft_predicts_each_task_with_its_own_expert(ctx_factory, tmp_path):
+    """Seed 002's Individual FT: row i holds expert j on task j (j <= i), zero-shot beyond."""
+    ctx = ctx_factory(iterations=4)
+    method = Individual()
+    matrix = run_sequence(method, ctx, Checkpointer(tmp_path / "ind"))
+    zero_shot = run_sequence(get("method", "zeroshot")(), ctx_factory(iterations=4), Checkpointer(tmp_path / "zs"))
+    for i in range(3):
+        for j in range(3):
+            expected = matrix[j][j] if j <= i else zero_shot[0][j]
+            assert matrix[i][j] == pytest.approx(expected), (i, j)
+    # task 0 is predicted by expert 0, not by the model left after task 2
+    assert sorted(method.experts) == ["0", "1", "2"]
+    images, _ = first_batch(ctx, task=0)
+    with torch.no_grad():
+        got = method.logits(images, 0, ctx)
+        last = ctx.clip_logits(ctx.model, images, 0)
+        expert0 = copy.deepcopy(ctx.model)
+        expert0.load_state_dict(method.experts["0"])
+        ctx.forget_heads()
+        want = ctx.clip_logits(expert0, images, 0)
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, last)
