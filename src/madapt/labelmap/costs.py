@@ -62,12 +62,14 @@ class CostAccumulator:
     Precision: float32 batches are scatter-added into a float32 buffer (about 7 ms for
     1024 × 21843 on an idle 2-core CPU, against ~100 ms when converted to float64) that is
     flushed into a float64 total before it would exceed ``flush_rows`` samples, so a float32
-    partial sum covers at most max(flush_rows, batch size) samples; float64 batches go straight
-    into the float64 total.
+    partial sum covers at most max(flush_rows, batch size) samples (a buffer cell sums only the
+    rows of its own target class: ~30 for 16384 rows over NABirds' 555 classes, so float32 adds a
+    relative error of order 1e-6); float64 batches go straight into the float64 total. Each flush
+    is a pass over the float64 matrix (~50 ms at 555 x 21843), hence the large default.
     """
 
     def __init__(self, n_source: int, n_target: int, device: str | torch.device = "cpu",
-                 flush_rows: int = 8192, counts: bool = True) -> None:
+                 flush_rows: int = 16384, counts: bool = True) -> None:
         if n_target < 1 or n_source < 1:
             raise DataError("label mapping", f"n_source={n_source}, n_target={n_target}",
                             "at least one source and one target class")
@@ -121,8 +123,9 @@ class CostAccumulator:
         if self.n_samples == 0:
             raise DataError("label mapping", "no samples were accumulated",
                             "at least one batch of source outputs before fitting")
-        self._flush()
-        prob_sums = self._total.cpu().numpy().copy().T
+        # total + buffer is what a flush would leave, in one new array: no flush, no extra copy
+        # (at 555 x 21843 each avoided pass over the float64 matrix is ~50-100 ms)
+        prob_sums = torch.add(self._total, self._buffer).cpu().numpy().T
         counts = (None if self._counts is None
                   else self._counts.view(self.n_target, self.n_source).cpu().numpy().copy().T)
         return MappingStats(prob_sums=prob_sums, counts=counts, n_samples=self.n_samples)
@@ -181,12 +184,13 @@ def ot_cost_from_sums(prob_sums: np.ndarray) -> np.ndarray:
     ``Σ_n f_{n,i}`` of source class ``i`` over all samples. A source class with no mass at all
     (possible only after float underflow) gets cost 1 everywhere: it is tied to no target class.
     """
-    prob_sums = np.asarray(prob_sums, dtype=np.float64)
-    totals = prob_sums.sum(axis=1, keepdims=True)
+    # torch's element-wise kernels use every core and keep the input's memory layout (the
+    # accumulator hands out a transposed view): about 3x faster than numpy at 21843 x 555
+    sums = torch.from_numpy(np.asarray(prob_sums, dtype=np.float64))
+    totals = sums.sum(dim=1, keepdim=True)
     # A zero-mass row has all-zero sums, so dividing it by 1 gives share 0, i.e. cost 1.
-    cost = prob_sums / np.where(totals > 0, totals, 1.0)  # keeps the input's memory layout
-    np.subtract(1.0, cost, out=cost)
-    return cost
+    cost = sums / torch.where(totals > 0, totals, 1.0)
+    return cost.neg_().add_(1.0).numpy()
 
 
 def frequency_cost_from_counts(counts: np.ndarray) -> np.ndarray:
