@@ -22,6 +22,7 @@ from madapt.continual.engine import TrainSettings, eval_batches, train_batches
 from madapt.continual.tasks import ArrayDataset
 from madapt.runs import Checkpointer, seed_everything
 from madapt.training import Processes
+from test_kill_resume import CONFIG  # the tiny MTIL-micro run the single-process kill test uses
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -62,15 +63,6 @@ def test_eval_shards_cover_the_test_set_once() -> None:
     assert len(whole) == 23
 
 
-CONFIG = """\
-kind: continual
-seed: 0
-backbone: madapt-tiny-ViT-B-16
-data: {collection: micro, order: [colour, count, shape], train_size: 24, test_size: 24, reference_size: 16}
-train: {iterations: 6, batch_size: 4, warmup_steps: 1, checkpoint_every: 2, lr: 0.001}
-eval: {batch_size: 10}
-methods: [finetune, {name: zscl, average_every: 2, reference_batch_size: 4}]
-"""
 
 
 def _free_port() -> int:
