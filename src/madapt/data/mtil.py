@@ -275,11 +275,12 @@ def _missing(spec: DatasetSpec, root: Path) -> Path | None:
     return None
 
 
-def _check_root(data_root: str | Path) -> Path:
+def check_root(data_root: str | Path,
+               expected: str = "a folder holding the dataset folders (see `madapt data check`)") -> Path:
+    """``data_root`` as a Path; `DataError` (naming it and ``expected``) unless it is a folder."""
     root = Path(data_root).expanduser()
     if not root.is_dir():
-        raise DataError(f"data_root {root}", "does not exist or is not a folder",
-                        "a folder holding the dataset folders (see `madapt data check`)")
+        raise DataError(f"data_root {root}", "does not exist or is not a folder", expected)
     return root
 
 
@@ -294,7 +295,7 @@ def load_split(name: str, data_root: str | Path, split: str, transform: Transfor
     if split not in SPLITS:
         raise ConfigError(f"split of dataset '{spec.name}'", f"is '{split}'",
                           "'train' or 'test'" + closest(split, SPLITS))
-    root = _check_root(data_root)
+    root = check_root(data_root)
     missing = _missing(spec, root)
     if missing is not None:
         found = "folder is missing" if missing == root / spec.folder else "is missing"
@@ -362,7 +363,7 @@ def check_layout(collection: str, data_root: str | Path, deep: bool = False,
     if collection not in ("mtil", "cil"):
         raise ConfigError(f"data collection '{collection}'", "is unknown",
                           "'mtil' or 'cil'" + closest(collection, ("mtil", "cil")))
-    root = _check_root(data_root)
+    root = check_root(data_root)
     rows: list[tuple[str, bool, str]] = []
     for spec in SPECS.values():
         if not spec.name.startswith(collection + "/"):

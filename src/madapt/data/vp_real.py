@@ -67,6 +67,7 @@ from madapt.errors import DataError
 
 Transform = Callable[[Any], Any]
 SPLITS = ("train", "test")
+ROOT_EXPECTED = "a folder holding the VP datasets in their standard layouts (madapt.data.vp_real)"
 
 # The 43 sign classes of the GTSRB benchmark in class-id order (the dataset's sign-name list; its
 # files hold only the ids 00000..00042).
@@ -494,14 +495,6 @@ def _image_files(name: str, image_dir: Path, rows: list[tuple[str, int]], names:
     return ImageFiles(name, [str(p) for p in paths], [y for _, y in rows], names, tf)
 
 
-def _check_root(data_root: str | Path) -> Path:
-    root = Path(data_root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data_root {root}", "does not exist or is not a folder",
-                        "a folder holding the VP datasets in their standard layouts (madapt.data.vp_real)")
-    return root
-
-
 # ---------------------------------------------------------------------------------------------
 # public entry points
 
@@ -534,7 +527,7 @@ def load_real(data_root: str | Path, name: str, image_size: int) -> TargetData:
     fallback ``data_root/<name>/train`` is absent too), an unreadable file, a split file that
     contradicts the others, or a listed image that is missing. Nothing is written to disk.
     """
-    root = _check_root(data_root)
+    root = mtil.check_root(data_root, ROOT_EXPECTED)
     plan = _plan(root, name)
     if plan is not None and plan.load is not None:
         return plan.load(resize_to_tensor(image_size))
@@ -554,7 +547,7 @@ def expected_layout(name: str) -> str:
 def check_layout(data_root: str | Path, names: Sequence[str] = VP_DATASETS) -> list[tuple[str, bool, str]]:
     """``(dataset, ok, message)`` per VP dataset: which layout `load_real` would read, or what is
     missing. Same rows as `mtil.check_layout` (for a ``madapt data check vp``); reads no image."""
-    root = _check_root(data_root)
+    root = mtil.check_root(data_root, ROOT_EXPECTED)
     rows: list[tuple[str, bool, str]] = []
     for name in names:
         plan = _plan(root, name)
