@@ -1,7 +1,8 @@
 """Worker for tests/test_training_distributed.py: two CPU processes under `accelerate launch`.
 
 Every process builds the same tiny model from the same seed, takes its own half of one batch and
-does one SGD step through `madapt.training.train_step`; each rank then saves its weights. Rank 0
+does one SGD step, averaging gradients with `madapt.training.Processes.mean_grads` as the continual
+engine and ADAT do; each rank then saves its weights. Rank 0
 also saves the initial weights and a plain single-process step on the whole batch, which DDP's
 gradient averaging must reproduce (equal shards: mean of shard means = mean over the batch).
 
@@ -17,7 +18,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from madapt.training import build_optimizer, make_accelerator, seed_everything, train_step
+from accelerate.state import AcceleratorState
+
+from madapt.training import build_optimizer, join_processes, seed_everything
 
 LR = 0.5
 BATCH = 8
@@ -42,20 +45,22 @@ def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def main(out_dir: Path) -> None:
-    accelerator = make_accelerator("no", cpu=True)
-    rank, world = accelerator.process_index, accelerator.num_processes
+    procs = join_processes()
+    rank, world = procs.rank, procs.world
     assert world == 2, f"expected 2 processes, got {world}"
     model = build_model()
     initial = weights(model)
     optimizer = build_optimizer(model.parameters(), "sgd", lr=LR, momentum=0.0)
-    model, optimizer = accelerator.prepare(model, optimizer)
     x, y = full_batch()
-    shard = slice(rank * BATCH // world, (rank + 1) * BATCH // world)
-    train_step(model, (x[shard], y[shard]), loss_fn, optimizer, accelerator)
-    save_file(weights(accelerator.unwrap_model(model)), str(out_dir / f"rank{rank}.safetensors"))
+    shard = procs.shard(BATCH)
+    optimizer.zero_grad(set_to_none=True)
+    loss_fn(model, (x[shard.start:shard.stop], y[shard.start:shard.stop])).backward()
+    procs.mean_grads(model.parameters())
+    optimizer.step()
+    save_file(weights(model), str(out_dir / f"rank{rank}.safetensors"))
 
-    if accelerator.is_main_process:
-        state = accelerator.state
+    if procs.is_main:
+        state = AcceleratorState()
         meta = {"distributed_type": state.distributed_type.name, "backend": state.backend, "world": world}
         (out_dir / "meta.json").write_text(json.dumps(meta))
         save_file(initial, str(out_dir / "initial.safetensors"))
@@ -64,8 +69,7 @@ def main(out_dir: Path) -> None:
         loss_fn(reference, (x, y)).backward()
         ref_opt.step()
         save_file(weights(reference), str(out_dir / "single_process.safetensors"))
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    procs.barrier()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ TINY = """\
 kind: continual
 seed: 0
 backbone: madapt-tiny-ViT-B-16
+pretrained: random
 data: {collection: micro, order: [colour, count], train_size: 16, test_size: 20, reference_size: 8}
 train: {iterations: 2, batch_size: 4, warmup_steps: 1, checkpoint_every: 1}
 eval: {batch_size: 20}
@@ -73,7 +74,9 @@ BAD_CASES = {
     "out_of_range": (["run", "tiny.yaml", "train.iterations=0"], ["train.iterations", "greater than 0"]),
     "unknown_method": (["run", "tiny.yaml", "methods=[zcsl]"], ["method 'zcsl'", "did you mean 'zscl'"]),
     "unknown_dataset": (["run", "tiny.yaml", "data.order=[colour,colours]"], ["data.order.1", "colours"]),
-    "unknown_backbone": (["run", "tiny.yaml", "backbone=ViT-B-61"], ["backbone 'ViT-B-61'"]),
+    "unknown_backbone": (["run", "tiny.yaml", "backbone=ViT-B-61"], ["backbone: 'ViT-B-61'", "did you mean"]),
+    "classifier_as_clip": (["run", "tiny.yaml", "backbone=resnet50"], ["backbone: 'resnet50'", "not CLIP"]),
+    "missing_pretrained": (["run", "tiny.yaml", "backbone=ViT-B-16", "pretrained=null"], ["pretrained", "random"]),
     "missing_data_root": (["run", "tiny.yaml", "data.collection=mtil", "data.order=[dtd]"], ["data_root", "missing"]),
     "absent_data_root": (["run", "tiny.yaml", "data.collection=mtil", "data.order=[dtd]", "data_root=nowhere"],
                          ["nowhere"]),

@@ -1,7 +1,8 @@
 """Name -> builder registry for everything selected by name (timm's `_registry.py` idea).
 
-Kinds in use: ``method`` (continual methods), ``dataset``, ``backbone``, ``mapper`` (label
-mappers), ``tokenizer_stage``, ``recipe`` (experiment kinds: what `madapt run` dispatches on).
+Kinds in use: ``method`` (continual methods), ``fewshot_method`` (CLIP prompt tuning), ``dataset``,
+``backbone`` (every backbone) and ``clip`` (the CLIP ones, which CLIP recipes accept), ``mapper``
+(label mappers), ``tokenizer_stage``, ``recipe`` (experiment kinds: what `madapt run` dispatches on).
 
     @register("method", "lwf")
     class LwF: ...

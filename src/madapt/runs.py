@@ -190,7 +190,9 @@ class Checkpointer:
     def _pointer(self) -> Path:
         return self.dir / "latest.json"
 
-    def save(self, unit: Mapping[str, Any], state: Any) -> Path:
+    def save(self, unit: Mapping[str, Any], state: Any, tag: str | None = None) -> Path:
+        """Write a checkpoint and make it the latest; ``tag`` also names it (e.g. "task_start") so
+        that it is kept, and loadable with ``load(tag)``, until another checkpoint takes the tag."""
         self.dir.mkdir(parents=True, exist_ok=True)
         latest = self._read_pointer()
         seq = (latest["seq"] + 1) if latest else 0
@@ -206,8 +208,11 @@ class Checkpointer:
         if final.exists():  # left over from a kill between rename and pointer update
             shutil.rmtree(final)
         os.replace(tmp, final)
-        atomic_write_json(self._pointer(), {"name": name, "seq": seq, "unit": dict(unit)})
-        self._prune(keep_names={name})
+        tags = dict(latest.get("tags", {})) if latest else {}
+        if tag is not None:
+            tags[tag] = name
+        atomic_write_json(self._pointer(), {"name": name, "seq": seq, "unit": dict(unit), "tags": tags})
+        self._prune(keep_names={name, *tags.values()})
         return final
 
     def _read_pointer(self) -> dict[str, Any] | None:
@@ -218,19 +223,22 @@ class Checkpointer:
 
     def _prune(self, keep_names: set[str]) -> None:
         ckpts = sorted(p for p in self.dir.iterdir() if p.name.startswith(("ckpt-", ".ckpt-")))
-        finished = [p for p in ckpts if p.name.startswith("ckpt-")]
-        for old in finished[: max(0, len(finished) - self.keep)]:
-            if old.name not in keep_names:
-                shutil.rmtree(old, ignore_errors=True)
+        finished = [p for p in ckpts if p.name.startswith("ckpt-") and p.name not in keep_names]
+        for old in finished[: max(0, len(finished) - max(0, self.keep - 1))]:
+            shutil.rmtree(old, ignore_errors=True)
         for tmp in ckpts:
             if tmp.name.startswith(".ckpt-"):
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def load(self) -> Checkpoint | None:
+    def load(self, tag: str | None = None) -> Checkpoint | None:
+        """The latest checkpoint, or the one holding ``tag``; None if there is none."""
         pointer = self._read_pointer()
         if pointer is None:
             return None
-        folder = self.dir / pointer["name"]
+        name = pointer["name"] if tag is None else pointer.get("tags", {}).get(tag)
+        if name is None:
+            return None
+        folder = self.dir / name
         meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
         tensors = load_tensors(folder / "state.safetensors")
         return Checkpoint(unit=meta["unit"], state=join_state(meta["state"], tensors))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +31,10 @@ from madapt.runs import seed_everything
 
 __all__ = [
     "OPTIMIZERS", "Processes", "build_optimizer", "join_processes", "make_accelerator", "seed_everything",
-    "train_step", "warmup_cosine",
+    "warmup_cosine",
 ]
 
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "adam", "sgd")
 MIXED_PRECISION = ("no", "bf16")
 
 
@@ -46,11 +46,13 @@ def build_optimizer(
     weight_decay: float = 0.0,
     betas: tuple[float, float] = (0.9, 0.999),
     momentum: float = 0.9,
+    fused: bool = False,
 ) -> Optimizer:
     """AdamW (ZSCL's default: betas (0.9, 0.999), weight decay 0) or SGD with momentum.
 
     ``params`` is either tensors (frozen ones, ``requires_grad=False``, are dropped so a method can
     pass ``model.parameters()``) or torch param-group dicts, whose own keys override the defaults.
+    ``fused`` selects torch's fused CUDA kernels (same update, one launch per step).
     """
     params = list(params)
     if params and isinstance(params[0], dict):
@@ -61,9 +63,11 @@ def build_optimizer(
     if not groups:
         raise ValueError("build_optimizer got no trainable parameters (all frozen or none given)")
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused or None)
     raise UnknownNameError(
         f"optimizer '{name}'",
         "is not a known optimizer" + closest(name, OPTIMIZERS),
@@ -111,30 +115,6 @@ def make_accelerator(mixed_precision: str = "no", cpu: bool = False) -> Accelera
             f"one of: {', '.join(MIXED_PRECISION)}",
         )
     return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
-
-
-def train_step(
-    model: torch.nn.Module,
-    batch: Any,
-    loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
-    optimizer: Optimizer,
-    accelerator: Accelerator,
-    scheduler: LambdaLR | None = None,
-    max_grad_norm: float | None = None,
-) -> float:
-    """One optimisation step: ``loss_fn(model, batch)``, backward (gradients averaged across
-    processes), optional clipping, optimizer and scheduler step. Returns this process's loss."""
-    model.train()
-    optimizer.zero_grad(set_to_none=True)
-    with accelerator.autocast():
-        loss = loss_fn(model, batch)
-    accelerator.backward(loss)
-    if max_grad_norm is not None:
-        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-    optimizer.step()
-    if scheduler is not None:
-        scheduler.step()
-    return float(loss.detach())
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""A real `madapt run`, SIGKILLed at random moments and resumed, ends with the same accuracy matrices
-as an uninterrupted run (issue 3, "Tests and measurements"; deterministic on CPU).
+"""A real `madapt run`, SIGKILLed at random moments and resumed, ends with the same accuracy matrices,
+the same final weights and the same method state, bit for bit, as an uninterrupted run (CPU).
 
 Kills are aimed at four kinds of moment, chosen by a seeded RNG: a random delay (start-up, data
 generation, training), just after a checkpoint appears (training of the next steps), as soon as a
@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+
+from madapt.runs import Checkpointer
 
 pytestmark = pytest.mark.slow
 
@@ -25,12 +28,14 @@ CONFIG = """\
 kind: continual
 seed: 0
 backbone: madapt-tiny-ViT-B-16
+pretrained: random
 data: {collection: micro, order: [colour, count, shape], train_size: 24, test_size: 24, reference_size: 16}
 train: {iterations: 6, batch_size: 4, warmup_steps: 1, checkpoint_every: 2, lr: 0.001}
 eval: {batch_size: 12}
-methods: [finetune, {name: zscl, average_every: 2, reference_batch_size: 4}]
+methods: [finetune, {name: zscl, average_every: 2, reference_batch_size: 4},
+          {name: icarl, memory_size: 10, replay_batch_size: 4}]
 """
-METHODS = ("finetune", "zscl")
+METHODS = ("finetune", "zscl", "icarl")
 MODES = ("after_checkpoint", "while_writing", "in_evaluation", "delay")
 MAX_KILLS = 10
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -93,6 +98,21 @@ def matrices(run: Path) -> dict[str, list[list[float]]]:
     return {name: entry["accuracy"] for name, entry in results["methods"].items()}
 
 
+def final_states(run: Path) -> dict[str, object]:
+    """Each method's last checkpoint: model delta from theta_0 and method state."""
+    return {m: Checkpointer(run / m / "checkpoints").load().state for m in METHODS}
+
+
+def same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and set(a) == set(b) and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(same, a, b))
+    return a == b
+
+
 def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_matrices(tmp_path):
     (tmp_path / "cfg.yaml").write_text(CONFIG)
     began = time.monotonic()
@@ -120,3 +140,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_matrices(
     assert {"after_checkpoint", "while_writing", "in_evaluation"} <= set(killed), killed
     print("kills:", killed)  # shown with -s: which moments were hit
     assert matrices(run) == expected, killed
+    want, got = final_states(tmp_path / "A"), final_states(run)
+    for m in METHODS:
+        assert same(got[m]["model"], want[m]["model"]), m
+        assert same(got[m]["method"], want[m]["method"]), m

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from madapt.backbones.clip import load_clip
-from madapt.continual.engine import TrainSettings, eval_batches, train_batches
+from madapt.continual.context import TrainSettings
+from madapt.continual.stream import eval_batches, train_batches
 from madapt.continual.tasks import ArrayDataset
 from madapt.runs import Checkpointer, seed_everything
 from madapt.training import Processes
@@ -43,7 +44,7 @@ def test_shards_tile_the_range(world: int) -> None:
 @pytest.mark.parametrize("num_workers", [0, 1])
 def test_train_shards_reassemble_the_single_process_batch(num_workers: int) -> None:
     data = _dataset()
-    settings = TrainSettings(iterations=5, batch_size=6, lrs=[1e-3], num_workers=num_workers, seed=4)
+    settings = TrainSettings(iterations=[5] * 4, batch_size=6, lrs=[1e-3], num_workers=num_workers, seed=4)
     if num_workers:  # the DataLoader path: items drawn one by one with their own augmentation seed
         data = torch.utils.data.TensorDataset(torch.arange(20).float(), torch.arange(20) % 3)
     whole = list(train_batches(data, settings, task=1, start=2))

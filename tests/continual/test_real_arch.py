@@ -46,7 +46,7 @@ def test_vit_b16_trains_one_step_and_evaluates_on_real_format_data(tmp_path):
 
     base, _ = load_raw("mtil/zscl_order1")
     cfg = validate(deep_merge(base, {
-        "backbone": "ViT-B-16", "seed": 0, "data_root": str(root),
+        "backbone": "ViT-B-16", "pretrained": "random", "seed": 0, "data_root": str(root),
         "data": {"order": ["eurosat", "mnist"], "reference_images": str(tmp_path / "ref"),
                  "reference_captions": str(tmp_path / "captions.txt")},
         "train": {"iterations": 1, "batch_size": 2, "warmup_steps": 0, "num_workers": 0,

@@ -237,6 +237,17 @@ def fill_template(template: Template, classname: str) -> str:
                       "a string containing '{}' or '{c}'")
 
 
+def random_token_texts(tokenizer: Any, n: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    """ZSCL's virtual vocabulary (``helpers.virtual_vocab``): ``n`` texts of ``length`` token ids drawn
+    uniformly from the whole vocabulary, framed by start/end of text and zero-padded to the
+    tokenizer's context length (LwF-VR's "random sentences")."""
+    body = torch.randint(0, tokenizer.vocab_size, (n, length), generator=generator)
+    start = torch.full((n, 1), tokenizer.sot_token_id)
+    end = torch.full((n, 1), tokenizer.eot_token_id)
+    pad = torch.zeros((n, tokenizer.context_length - length - 2), dtype=torch.long)
+    return torch.cat([start, body, end, pad], dim=1)
+
+
 def zero_shot_head(backbone: ClipBackbone, classnames: list[str], templates: Sequence[Template], *,
                    ensemble: bool = True, batch_size: int = 256) -> torch.Tensor:
     """Class embeddings [n_classes, embed_dim], each row L2-normalised (ZSCL ``zeroshot_classifier``).
@@ -265,3 +276,4 @@ def clip_logits(image_features: torch.Tensor, head: torch.Tensor, scale: float =
 CLIP_BACKBONES = ("ViT-B-16", "ViT-B-16-quickgelu", "ViT-B-32", "ViT-B-32-quickgelu", "ViT-L-14") + TINY_ARCHS
 for _arch in CLIP_BACKBONES:
     register("backbone", _arch)(functools.partial(load_clip, _arch))
+    register("clip", _arch)(functools.partial(load_clip, _arch))  # the family CLIP recipes accept

@@ -56,6 +56,10 @@ class MicroTokenizer:
     def vocab_size(self) -> int:
         return self.eot_id + 1
 
+    # open_clip's SimpleTokenizer names, so code written for BPE CLIP works on the micro CLIP too
+    sot_token_id = property(lambda self: self.sot_id)
+    eot_token_id = property(lambda self: self.eot_id)
+
     def __call__(self, texts: str | list[str], context_length: int | None = None) -> torch.Tensor:
         texts = [texts] if isinstance(texts, str) else list(texts)
         length = context_length or self.context_length
@@ -109,6 +113,7 @@ def _read_json(path: Path) -> dict[str, Any]:
                            "a JSON file written by scripts/pretrain_micro_clip.py") from exc
 
 
+@register("clip", "micro-clip")
 @register("backbone", "micro-clip")
 def load_micro_clip(weights: str | None = None) -> ClipBackbone:
     """The micro CLIP as a `ClipBackbone` (default: the bundled, pretrained weights).

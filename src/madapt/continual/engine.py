@@ -1,207 +1,37 @@
 """The continual-learning task loop shared by every CLIP method (ZSCL's protocol, seed 000 §3.5).
 
-For each task in order: ``before_task`` -> ``iterations`` optimizer steps on ``method.loss`` (AdamW,
-linear warmup then cosine, label smoothing inside the loss) -> ``after_task`` -> evaluate every
-dataset of the sequence (one row of the accuracy matrix). Checkpoints are taken every
-``checkpoint_every`` steps and at each phase boundary, so a run killed at any moment resumes to the
-same accuracy matrix: batches are a pure function of (seed, task, step), augmentation randomness is
-seeded per sample, and the RNG/optimizer/scheduler/method states travel in the checkpoint.
+For each task in order: ``before_task`` -> ``iterations`` optimizer steps on ``method.loss`` (the
+method's optimizer and schedule: AdamW with linear warmup then cosine by default, label smoothing
+inside the loss, ``train.accumulate`` micro-batches per step) -> ``after_task`` -> evaluate every
+dataset of the sequence (one row of the accuracy matrix).
+
+Resume contract. Checkpoints are taken every ``checkpoint_every`` steps, after training a task and
+at each task start; the task-start checkpoint is kept (tag ``task_start``) until the next task
+starts. Resuming inside a task restores the task-start model, method state and RNG, runs
+``before_task`` exactly as the uninterrupted run did, then restores the mid-task weights, method
+state, optimizer, scheduler and RNG. Batches are a pure function of (seed, task, step) and
+augmentation is seeded per sample, so a killed run reaches the same weights bit for bit on CPU.
+The method's state is always restored before the weights (a method that grows modules per task
+rebuilds them first, then the weights load strictly).
 
 Under ``accelerate launch`` (``Context.processes``) every process trains the same model on its
-slice of each global batch, gradients are averaged after every backward pass, evaluation sets are
-sharded and their counts summed, and only the main process writes checkpoints: the run follows the
-single-process trajectory up to float summation order.
+slice of each global batch, gradients are averaged after every step, evaluation sets are sharded
+and their counts summed, and only the main process writes checkpoints.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
 
-from madapt.backbones.clip import ClipBackbone
-from madapt.continual.tasks import Task
-from madapt.runs import Checkpointer, rng_state, set_rng_state
-from madapt.training import Processes, build_optimizer, warmup_cosine
+from madapt.continual.context import Context
+from madapt.continual.method import ContinualMethod
+from madapt.continual.stream import eval_batches, micro_batches, train_batches
+from madapt.runs import Checkpoint, Checkpointer, rng_state, set_rng_state
 
-
-class ContinualMethod(Protocol):
-    """What the engine calls (DESIGN.md, "Core interfaces"). No base class is required."""
-
-    def trainable_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]: ...
-    def before_task(self, ctx: "Context") -> None: ...
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: "Context") -> torch.Tensor: ...
-    def after_task(self, ctx: "Context") -> None: ...
-    def logits(self, images: torch.Tensor, task: int | None, ctx: "Context") -> torch.Tensor: ...
-    def state_dict(self) -> dict[str, Any]: ...
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-@dataclass
-class TrainSettings:
-    """The engine's knobs, flattened from the recipe config (configs never reach into the engine)."""
-
-    iterations: int
-    batch_size: int
-    lrs: list[float]  # one per task, in training order
-    warmup_steps: int = 100
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.2
-    logit_scale: float = 100.0
-    eval_batch_size: int = 256
-    checkpoint_every: int = 100
-    bf16: bool = False
-    num_workers: int = 0
-    task_agnostic: bool = False
-    class_incremental: bool = False  # CIL: after step i, predict among all classes seen so far
-    seed: int = 0
-
-
-@dataclass
-class Context:
-    """Everything a method may look at. ``heads`` caches evaluation text embeddings per model."""
-
-    backbone: ClipBackbone
-    tasks: list[Task]
-    settings: TrainSettings
-    device: torch.device
-    task: int = 0
-    step: int = 0
-    pretrained: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # theta_0, set by the engine
-    reference: Any = None  # reference images/captions for distillation methods (ZSCL, AwoF)
-    processes: Processes = field(default_factory=Processes)
-    _tokens: dict[tuple[int, bool], torch.Tensor] = field(default_factory=dict, repr=False)
-    _heads: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
-
-    @property
-    def model(self) -> torch.nn.Module:
-        return self.backbone.model
-
-    @property
-    def current(self) -> Task:
-        return self.tasks[self.task]
-
-    def autocast(self):
-        if not self.settings.bf16:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
-    def class_tokens(self, task: int, ensemble: bool) -> torch.Tensor:
-        """Token ids of the class prompts of ``task`` (n_classes * n_templates rows), cached."""
-        key = (task, ensemble)
-        if key not in self._tokens:
-            texts = [t for per_class in self.tasks[task].texts(ensemble) for t in per_class]
-            self._tokens[key] = self.backbone.tokenize(texts).to(self.device)
-        return self._tokens[key]
-
-    def text_head(self, model: torch.nn.Module, task: int, ensemble: bool) -> torch.Tensor:
-        """Normalised class embeddings; averaged over templates when ``ensemble`` (ZSCL eval)."""
-        tokens = self.class_tokens(task, ensemble)
-        feats = F.normalize(model.encode_text(tokens).float(), dim=-1)
-        n = self.tasks[task].n_classes
-        feats = feats.view(n, -1, feats.shape[-1]).mean(dim=1)
-        return F.normalize(feats, dim=-1)
-
-    def eval_head(self, model: torch.nn.Module, task: int | None) -> torch.Tensor:
-        """The evaluation head of one task, or of all tasks concatenated (task-agnostic), cached."""
-        tasks = range(len(self.tasks)) if task is None else [task]
-        heads = []
-        for t in tasks:
-            key = (id(model), t)
-            if key not in self._heads:
-                with torch.no_grad(), self.autocast():
-                    self._heads[key] = self.text_head(model, t, ensemble=True)
-            heads.append(self._heads[key])
-        return torch.cat(heads)
-
-    def forget_heads(self) -> None:
-        """Called whenever weights may have changed (after training a task, after a merge)."""
-        self._heads.clear()
-
-    def clip_logits(self, model: torch.nn.Module, images: torch.Tensor, task: int | None) -> torch.Tensor:
-        """scale * <image, class text> with the evaluation head: the zero-shot classifier."""
-        feats = F.normalize(model.encode_image(images).float(), dim=-1)
-        return self.settings.logit_scale * feats @ self.eval_head(model, task).T
-
-    def train_logits(self, model: torch.nn.Module, images: torch.Tensor, task: int | None = None) -> torch.Tensor:
-        """Training logits over the current task's classes with the first template (ZSCL)."""
-        task = self.task if task is None else task
-        feats = F.normalize(model.encode_image(images).float(), dim=-1)
-        return self.settings.logit_scale * feats @ self.text_head(model, task, ensemble=False).T
-
-
-# ---------------------------------------------------------------------------------------------
-# Deterministic data stream
-
-
-def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
-    """Indices of batch ``step``: consecutive slices of per-epoch permutations (a pure function)."""
-    start = step * batch_size
-    out: list[int] = []
-    epoch, offset = divmod(start, n)
-    while len(out) < batch_size:
-        perm = np.random.default_rng([seed, epoch]).permutation(n)
-        take = perm[offset: offset + batch_size - len(out)]
-        out.extend(int(i) for i in take)
-        epoch, offset = epoch + 1, 0
-    return out
-
-
-class _SeededItems(Dataset):
-    """Wraps a dataset so item (index, seed) draws its augmentation from its own seed."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        index, seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.dataset[index]
-
-
-def train_batches(dataset: Dataset, settings: TrainSettings, task: int, start: int,
-                  processes: Processes = Processes()) -> Iterator[Any]:
-    """Batches ``start..iterations-1`` of ``task``; identical whatever step the run resumes at.
-
-    With several processes each yields its slice of the global batch; an item's augmentation seed
-    is its position in the global batch, so the union of the slices is the single-process batch.
-    """
-    n = len(dataset)  # type: ignore[arg-type]
-    stream_seed = settings.seed * 1_000_003 + task
-    steps = range(start, settings.iterations)
-    mine = processes.shard(settings.batch_size)
-    if hasattr(dataset, "batch") and settings.num_workers == 0:
-        for step in steps:
-            indices = batch_indices(n, settings.batch_size, step, stream_seed)
-            yield dataset.batch([indices[k] for k in mine])
-        return
-    sampler = (
-        [(i, stream_seed * 7_919 + step * settings.batch_size + k)
-         for k, i in enumerate(batch_indices(n, settings.batch_size, step, stream_seed)) if k in mine]
-        for step in steps
-    )
-    yield from DataLoader(_SeededItems(dataset), batch_sampler=sampler, num_workers=settings.num_workers)
-
-
-def eval_batches(dataset: Dataset, batch_size: int, num_workers: int,
-                 processes: Processes = Processes()) -> Iterator[Any]:
-    """This process's contiguous shard of ``dataset`` in order, ``batch_size`` items at a time."""
-    mine = processes.shard(len(dataset))  # type: ignore[arg-type]
-    if hasattr(dataset, "batch") and num_workers == 0:
-        for start in range(mine.start, mine.stop, batch_size):
-            yield dataset.batch(range(start, min(mine.stop, start + batch_size)))
-        return
-    yield from DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+TASK_START = "task_start"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,9 +40,15 @@ def eval_batches(dataset: Dataset, batch_size: int, num_workers: int,
 
 @torch.no_grad()
 def evaluate(method: ContinualMethod, ctx: Context, task: int) -> float:
-    """Top-1 accuracy (%) on ``task``'s test split; task-agnostic uses the union of all classes."""
+    """Top-1 accuracy (%) on ``task``'s test split under the run's evaluation protocol.
+
+    MTIL: logits over the task's classes with the task id. Task-agnostic ``union``: over all
+    classes of the sequence; ``per_dataset`` (seed 002): over the task's classes, without the task
+    id (``ctx.task_id_known`` False). CIL: over the classes seen so far.
+    """
     ctx.model.eval()
-    spec = ctx.tasks[task]
+    spec, mode = ctx.tasks[task], ctx.settings.task_agnostic
+    ctx.task_id_known = mode == "off" and not ctx.settings.class_incremental
     correct = total = 0
     for images, labels in eval_batches(spec.test, ctx.settings.eval_batch_size, ctx.settings.num_workers,
                                        ctx.processes):
@@ -220,16 +56,34 @@ def evaluate(method: ContinualMethod, ctx: Context, task: int) -> float:
         with ctx.autocast():
             if ctx.settings.class_incremental:
                 seen = ctx.current.class_offset + ctx.current.n_classes
-                logits = method.logits(images, None, ctx)[:, :seen]
-                pred = logits.float().argmax(dim=-1) - spec.class_offset
-            elif ctx.settings.task_agnostic:
+                pred = method.logits(images, None, ctx)[:, :seen].float().argmax(dim=-1) - spec.class_offset
+            elif mode == "union":
                 pred = method.logits(images, None, ctx).float().argmax(dim=-1) - spec.class_offset
             else:
                 pred = method.logits(images, task, ctx).float().argmax(dim=-1)
         correct += int((pred == labels).sum())
         total += len(labels)
+    ctx.task_id_known = True
     correct, total = ctx.processes.sum([correct, total])
     return 100.0 * correct / max(total, 1)
+
+
+def evaluation_row(method: ContinualMethod, ctx: Context,
+                   zero_shot: Callable[[int], float] | None = None) -> list[float | None]:
+    """Accuracy on every dataset after the current task; CIL rows stop at the current step (unseen
+    classes are not in the label space yet). Datasets the method predicts with the untouched
+    pretrained model take the run's zero-shot accuracy instead of a second evaluation."""
+    if not method.text_frozen:
+        ctx.forget_heads()
+    row: list[float | None] = []
+    for j in range(len(ctx.tasks)):
+        if ctx.settings.class_incremental and j > ctx.task:
+            row.append(None)
+        elif zero_shot is not None and not ctx.settings.class_incremental and method.uses_pretrained(j, ctx):
+            row.append(zero_shot(j))
+        else:
+            row.append(evaluate(method, ctx, j))
+    return row
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,12 +96,125 @@ def changed_params(model: torch.nn.Module, reference: dict[str, torch.Tensor]) -
 
 
 def load_changed(model: torch.nn.Module, reference: dict[str, torch.Tensor], changed: dict[str, torch.Tensor]) -> None:
-    state = {**reference, **changed}
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict({**reference, **changed}, strict=True)
 
 
 # ---------------------------------------------------------------------------------------------
 # The loop
+
+
+class _Run:
+    """One method over the task sequence: the named steps `run_sequence` strings together."""
+
+    def __init__(self, method: ContinualMethod, ctx: Context, checkpointer: Checkpointer,
+                 progress: Callable[[str, int, int], None] | None, zero_shot: Callable[[int], float] | None) -> None:
+        self.method, self.ctx, self.checkpointer = method, ctx, checkpointer
+        self.report = progress or (lambda *_: None)
+        self.zero_shot = zero_shot
+        self.acc: list[list[float | None]] = []
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self.scaler: torch.amp.GradScaler | None = None
+
+    # -- state ------------------------------------------------------------------------------
+
+    def save(self, task: int, step: int, phase: str, tag: str | None = None) -> None:
+        if not self.ctx.processes.is_main:  # the other processes hold the same state
+            return
+        state = {"acc": self.acc, "model": changed_params(self.ctx.model, self.ctx.pretrained),
+                 "method": self.method.state_dict(), "rng": rng_state()}
+        if phase == "train" and step > 0:
+            state |= {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+            if self.scaler is not None:
+                state["scaler"] = self.scaler.state_dict()
+        self.checkpointer.save({"task": task, "step": step, "phase": phase}, state, tag=tag)
+
+    def restore(self, saved: Checkpoint) -> None:
+        """Method state first (it may rebuild modules), then the weights, strictly; then the RNG."""
+        self.acc = [[None if v is None else float(v) for v in row] for row in saved.state["acc"]]
+        self.method.load_state_dict(saved.state["method"])
+        load_changed(self.ctx.model, self.ctx.pretrained, saved.state["model"])
+        set_rng_state(saved.state["rng"])
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def start_task(self, task: int, resume_at: Checkpoint | None) -> int:
+        """``before_task`` on the task-start model, the method's optimizer; returns the first step."""
+        ctx, method = self.ctx, self.method
+        ctx.task, ctx.step = task, 0
+        ctx.model.train()
+        method.before_task(ctx)
+        if not method.trains:
+            return ctx.iterations
+        params = method.trainable_parameters(ctx.model)
+        self.optimizer = method.optimizer(params, ctx)
+        self.scheduler = method.schedule(self.optimizer, ctx)
+        self.scaler = torch.amp.GradScaler(ctx.device.type) if ctx.settings.precision == "fp16" else None
+        if resume_at is None:
+            return 0
+        self.restore(resume_at)
+        self.optimizer.load_state_dict(resume_at.state["optimizer"])
+        self.scheduler.load_state_dict(resume_at.state["scheduler"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(resume_at.state["scaler"])
+        return int(resume_at.unit["step"])
+
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """One optimizer step over ``train.accumulate`` micro-batches (their losses averaged)."""
+        ctx, method, optimizer = self.ctx, self.method, self.optimizer
+        k = ctx.settings.accumulate
+        optimizer.zero_grad(set_to_none=True)
+        for ctx.micro_batch, micro in enumerate(micro_batches(batch, k)):
+            with ctx.autocast():
+                loss = method.loss(tuple(t.to(ctx.device) for t in micro), ctx) / k
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        ctx.micro_batch = 0
+        ctx.processes.mean_grads(p for group in optimizer.param_groups for p in group["params"])
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+        self.scheduler.step()
+        method.after_step(ctx)
+
+    def train_task(self, task: int, first_step: int) -> None:
+        ctx, every = self.ctx, self.ctx.settings.checkpoint_every
+        if self.method.trains:
+            for step, batch in enumerate(train_batches(ctx.current.train, ctx.settings, task, first_step,
+                                                       ctx.processes), start=first_step):
+                ctx.step = step
+                self.train_step(batch)
+                self.report(ctx.current.name, step + 1, ctx.iterations)
+                if (step + 1) % every == 0 and step + 1 < ctx.iterations:
+                    self.save(task, step + 1, "train")
+        ctx.step = ctx.iterations
+        self.method.after_task(ctx)
+        self.save(task, ctx.iterations, "trained")
+
+    def run(self) -> list[list[float | None]]:
+        ctx = self.ctx
+        ctx.processes.barrier()  # no process may read a checkpoint while the main one could replace it
+        saved = self.checkpointer.load()
+        task, phase = 0, "train"
+        if saved is None:
+            self.save(0, 0, "train", tag=TASK_START)
+        else:
+            task, phase = int(saved.unit["task"]), saved.unit["phase"]
+            at_start = phase == "train" and int(saved.unit["step"]) == 0
+            self.restore(saved if at_start or phase == "trained" else self.checkpointer.load(TASK_START))
+        while task < len(ctx.tasks):
+            ctx.task = task
+            if phase == "train":
+                mid_task = saved is not None and saved.unit["phase"] == "train" and saved.unit["step"] > 0
+                first = self.start_task(task, saved if mid_task else None)
+                saved = None
+                self.train_task(task, first)
+            ctx.step = ctx.iterations
+            self.acc.append(evaluation_row(self.method, ctx, self.zero_shot))
+            task, phase, saved = task + 1, "train", None
+            self.save(task, 0, "train", tag=TASK_START)
+        return self.acc
 
 
 def run_sequence(
@@ -255,91 +222,18 @@ def run_sequence(
     ctx: Context,
     checkpointer: Checkpointer,
     progress: Callable[[str, int, int], None] | None = None,
+    zero_shot: Callable[[int], float] | None = None,
 ) -> list[list[float | None]]:
-    """Train and evaluate ``method`` over ``ctx.tasks``; returns the T x T accuracy matrix."""
-    settings = ctx.settings
-    pretrained = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
-    ctx.pretrained = pretrained
-    trains = getattr(method, "trains", True)  # zero-shot evaluates only
-    acc: list[list[float]] = []
-    task, step, phase = 0, 0, "train"
-    procs = ctx.processes
-    procs.barrier()  # no process may read the checkpoint while the main one could be replacing it
-    saved = checkpointer.load()
-    resume_state: dict[str, Any] | None = None
-    if saved is not None:
-        task, step, phase = saved.unit["task"], saved.unit["step"], saved.unit["phase"]
-        acc = [[None if v is None else float(v) for v in row] for row in saved.state["acc"]]
-        load_changed(ctx.model, pretrained, saved.state["model"])
-        resume_state = saved.state
-    report = progress or (lambda *_: None)
+    """Train and evaluate ``method`` over ``ctx.tasks``; returns the T x T accuracy matrix.
 
-    def checkpoint(t: int, s: int, ph: str, extra: dict[str, Any]) -> None:
-        if not procs.is_main:  # the other processes hold the same state
-            return
-        state = {"acc": acc, "model": changed_params(ctx.model, pretrained), "method": method.state_dict(),
-                 "rng": rng_state(), **extra}
-        checkpointer.save({"task": t, "step": s, "phase": ph}, state)
-
-    while task < len(ctx.tasks):
-        ctx.task = task
-        if phase == "train":
-            ctx.model.train()
-            # A checkpoint at a task boundary precedes before_task; one inside a task follows it, so
-            # there the state is loaded on both sides: before (what before_task reads, e.g. a memory)
-            # and after (what before_task rebuilt from the half-trained model, e.g. a teacher).
-            if resume_state is not None:
-                method.load_state_dict(resume_state["method"])
-            if resume_state is not None and step == 0:
-                set_rng_state(resume_state["rng"])
-                resume_state = None
-            method.before_task(ctx)
-            if trains:
-                params = method.trainable_parameters(ctx.model)
-                optimizer = build_optimizer(params, name="adamw", lr=settings.lrs[task],
-                                            weight_decay=settings.weight_decay)
-                scheduler = warmup_cosine(optimizer, settings.warmup_steps, settings.iterations)
-            if resume_state is not None:
-                # before_task may have reset the weights (individual FT restarts from theta_0)
-                load_changed(ctx.model, pretrained, resume_state["model"])
-                method.load_state_dict(resume_state["method"])
-                optimizer.load_state_dict(resume_state["optimizer"])
-                scheduler.load_state_dict(resume_state["scheduler"])
-                set_rng_state(resume_state["rng"])
-                resume_state = None
-            batches = train_batches(ctx.current.train, settings, task, step, procs) if trains else iter(())
-            for images, labels in batches:
-                ctx.step = step
-                images, labels = images.to(ctx.device), labels.to(ctx.device)
-                with ctx.autocast():
-                    loss = method.loss((images, labels), ctx)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                procs.mean_grads(p for group in optimizer.param_groups for p in group["params"])
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                report(ctx.current.name, step, settings.iterations)
-                if step % settings.checkpoint_every == 0 and step < settings.iterations:
-                    checkpoint(task, step, "train",
-                               {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
-            ctx.step = settings.iterations
-            method.after_task(ctx)
-            phase = "trained"
-            checkpoint(task, step, phase, {})
-        elif resume_state is not None:
-            # resumed between training and evaluation: the method's bookkeeping must come back too
-            method.load_state_dict(resume_state["method"])
-            set_rng_state(resume_state["rng"])
-            resume_state = None
-        if not getattr(method, "text_frozen", False):  # e.g. zero-shot keeps its heads for every row
-            ctx.forget_heads()
-        # CIL rows stop at the current step: unseen classes are not in the label space yet
-        acc.append([evaluate(method, ctx, j) if not settings.class_incremental or j <= task else None
-                    for j in range(len(ctx.tasks))])
-        task, step, phase = task + 1, 0, "train"
-        checkpoint(task, step, phase, {})
-    return acc
+    ``method.setup`` runs first, then theta_0 (with whatever setup injected) is snapshotted into
+    ``ctx.pretrained``. ``zero_shot(j)``, when given, is the pretrained model's accuracy on dataset
+    j under the run's protocol (the recipe computes it once per run for every method); without it
+    every entry is evaluated.
+    """
+    method.setup(ctx)
+    ctx.pretrained = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
+    return _Run(method, ctx, checkpointer, progress, zero_shot).run()
 
 
 def lrs_for(order: Sequence[str], default: float, per_task: dict[str, float]) -> list[float]:

@@ -22,6 +22,8 @@ class Task:
 
     ``templates[0]`` builds the training texts; the evaluation head averages all templates (ZSCL).
     ``class_offset`` places the classes in the union label space used by task-agnostic evaluation.
+    ``train_eval`` is the training split under the evaluation transforms: ZSCL's code reads it for
+    the images its LwF distils on and its iCaRL memorises (`distill_images`).
     """
 
     name: str
@@ -30,7 +32,12 @@ class Task:
     train: Dataset
     test: Dataset
     class_offset: int = 0
-    train_labels: np.ndarray | None = field(default=None, repr=False)
+    train_eval: Dataset | None = field(default=None, repr=False)
+
+    @property
+    def distill_images(self) -> Dataset:
+        """The training split as ZSCL's reference loaders read it (evaluation transforms)."""
+        return self.train_eval if self.train_eval is not None else self.train
 
     @property
     def n_classes(self) -> int:

@@ -2,8 +2,9 @@
 
 Continual FT trains all CLIP weights (but the temperature) task after task with ZSCL's loss:
 cross-entropy with label smoothing over the current task's classes, texts from the first template
-through the trainable text encoder. Individual FT (``from_pretrained: true``) restarts every task
-from the pretrained weights: the per-task upper bound, and the starting point of ConDU (seed 002).
+through the trainable text encoder (ZSCL ``finetune.py``, ``--train-mode whole``). Individual FT
+restarts every task from the pretrained weights: the per-task upper bound, and the starting point
+of ConDU (seed 002).
 """
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ import torch.nn.functional as F
 
 from madapt.config import Strict
 from madapt.continual.losses import all_but_logit_scale
+from madapt.continual.method import ContinualMethod
 from madapt.registry import register
 
 
 class FinetuneConfig(Strict):
-    name: Literal["finetune", "individual"] = "finetune"
+    name: Literal["finetune"] = "finetune"
+
+
+class IndividualConfig(Strict):
+    name: Literal["individual"] = "individual"
 
 
 def ce_loss(batch: tuple[torch.Tensor, torch.Tensor], ctx) -> torch.Tensor:
@@ -30,37 +36,18 @@ def ce_loss(batch: tuple[torch.Tensor, torch.Tensor], ctx) -> torch.Tensor:
     return F.cross_entropy(logits, labels, label_smoothing=ctx.settings.label_smoothing)
 
 
-class Finetune:
+@register("method", "finetune")
+class Finetune(ContinualMethod):
     Config = FinetuneConfig
-    from_pretrained = False
 
-    def __init__(self, **_: Any) -> None:
-        pass
+    def __init__(self, cfg: Strict) -> None:
+        self.cfg = cfg
 
     def trainable_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
         return all_but_logit_scale(model)
 
-    def before_task(self, ctx) -> None:
-        if self.from_pretrained:
-            ctx.model.load_state_dict(ctx.pretrained)
-
     def loss(self, batch, ctx) -> torch.Tensor:
         return ce_loss(batch, ctx)
-
-    def after_task(self, ctx) -> None:
-        pass
-
-    def logits(self, images: torch.Tensor, task: int | None, ctx) -> torch.Tensor:
-        return ctx.clip_logits(ctx.model, images, task)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-
-register("method", "finetune")(Finetune)
 
 
 @register("method", "individual")
@@ -69,24 +56,31 @@ class Individual(Finetune):
 
     As "Individual FT" in seed 002 Tables 1-3 every task is predicted by its own expert (the task id
     selects it); tasks not trained yet are predicted by the pretrained model. Without a task id
-    (task-agnostic or class-incremental evaluation) the latest expert predicts. Row i of the accuracy matrix therefore holds
-    expert j on task j for j <= i and zero-shot beyond: Last is the mean of the experts' own
-    accuracies. The experts' weights travel in the checkpoint (one model copy per task, as the
-    method's storage cost is).
+    (task-agnostic or class-incremental evaluation) the latest expert predicts. Row i of the accuracy
+    matrix therefore holds expert j on task j for j <= i and zero-shot beyond: Last is the mean of
+    the experts' own accuracies. Finished experts are method state, written into the checkpoint
+    that follows their task (one model copy per task, which is the method's storage cost).
     """
 
-    from_pretrained = True
+    Config = IndividualConfig
 
-    def __init__(self, **_: Any) -> None:
+    def __init__(self, cfg: Strict) -> None:
+        super().__init__(cfg)
         self.experts: dict[str, dict[str, torch.Tensor]] = {}
         self._spare: torch.nn.Module | None = None  # a second model that holds one expert at a time
         self._loaded: str | None = None
 
+    def before_task(self, ctx) -> None:
+        ctx.model.load_state_dict(ctx.pretrained)
+
     def after_task(self, ctx) -> None:
         self.experts[str(ctx.task)] = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
 
+    def uses_pretrained(self, task: int, ctx) -> bool:
+        return ctx.task_id_known and task > ctx.task
+
     def logits(self, images: torch.Tensor, task: int | None, ctx) -> torch.Tensor:
-        if task is None or task == ctx.task:
+        if task is None or task == ctx.task or not ctx.task_id_known:
             return ctx.clip_logits(ctx.model, images, task)
         key = str(task) if str(task) in self.experts else "pretrained"
         if self._spare is None:

@@ -1,95 +1,105 @@
-"""LwF and LwF-VR for CLIP (seed 000 Table 3.2 baselines; Li & Hoiem 2017; Ding et al. 2022).
+"""LwF and LwF-VR for CLIP as ZSCL's code runs them (seed 000 Table 3.2 baselines).
 
-LwF: besides the task loss, the student keeps the logits the task-start model (teacher) gives the
-current images over the classes of all earlier tasks (first-template texts, each model with its own
-text encoder), with ZSCL's distillation at temperature T.
-LwF-VR replaces those old-class texts by a fresh random draw of words from a vocabulary every step
-(vocabulary replacement), so the distilled text space is not limited to the classes seen so far.
+ZSCL's ``scripts/lwf.sh`` runs its ZSCL loss with the *current* task as reference data and the
+previous task's checkpoint as reference model (``--method ZSCL --image_loss --text_loss
+--ref-dataset <current> --ref-model <previous>``; no ``--ref-model`` on the first task, so the
+pretrained CLIP is the teacher there). Each step adds to the task loss:
+
+- a second batch of the current task's training images (ZSCL's reference loader: its own shuffled
+  stream, evaluation transforms), embedded by the teacher (no gradient) and by the student;
+- texts: the current task's class prompts (first template) embedded by the *teacher* only; the
+  student's text tower is not in the term;
+- distillation at T = 2 of the teacher's image->text logits into the student's, and of their
+  transposes (each text over the batch images), weights 1 and 1.
+
+LwF-VR (``lwf_vr.sh``, ``--ref-sentences random``) replaces those texts by ZSCL's virtual
+vocabulary: 1000 random sequences of 10 token ids (`random_token_texts`), drawn once per run from
+the run's seed (ZSCL draws them once per task process from the same seed). No class name, of this
+task or another, is used.
+
+Deviation kept: both scripts also pass ``--fair``, a flag the released ``finetune.py`` and
+``args.py`` do not define (an ImageNet-expansion experiment of another commit); it is ignored.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from madapt.backbones.clip import random_token_texts
 from madapt.config import Strict
 from madapt.continual.losses import all_but_logit_scale, distillation, frozen_copy
+from madapt.continual.method import ContinualMethod
 from madapt.continual.methods.finetune import ce_loss
-from madapt.backbones.clip import fill_template
+from madapt.continual.stream import BatchStream
 from madapt.registry import register
 
 
 class LwFConfig(Strict):
-    name: Literal["lwf", "lwf_vr"] = "lwf"
-    weight: float = Field(1.0, ge=0.0, description="weight of the distillation term")
-    temperature: float = Field(2.0, gt=0.0, description="distillation temperature (ZSCL: 2)")
-    vocabulary_size: int = Field(64, ge=1, description="LwF-VR: random words drawn per step")
+    name: Literal["lwf"] = "lwf"
+    image_weight: float = Field(1.0, ge=0.0, description="image->text distillation weight (ZSCL --image_loss)")
+    text_weight: float = Field(1.0, ge=0.0, description="text->image (transposed) weight (ZSCL --text_loss)")
+    temperature: float = Field(2.0, gt=0.0, description="distillation temperature (ZSCL --T 2)")
+    reference_batch_size: int | None = Field(None, ge=1, description="distilled images per step "
+                                             "(ZSCL: its --batch-size, i.e. the training batch size)")
+
+
+class LwFVRConfig(LwFConfig):
+    name: Literal["lwf_vr"] = "lwf_vr"
+    sentences: int = Field(1000, ge=1, description="random sequences (ZSCL virtual_vocab n_class=1000)")
+    sentence_length: int = Field(10, ge=1, description="token ids per sequence (ZSCL virtual_vocab length=10)")
 
 
 @register("method", "lwf")
-class LwF:
+class LwF(ContinualMethod):
     Config = LwFConfig
 
-    def __init__(self, weight: float = 1.0, temperature: float = 2.0, vocabulary_size: int = 64, **_: Any) -> None:
-        self.weight, self.temperature, self.vocabulary_size = weight, temperature, vocabulary_size
+    def __init__(self, cfg: LwFConfig) -> None:
+        self.cfg = cfg
         self.teacher: torch.nn.Module | None = None
+        self.text_feats: torch.Tensor | None = None
+        self.images: BatchStream | None = None
 
     def trainable_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
         return all_but_logit_scale(model)
 
-    def before_task(self, ctx) -> None:
-        self.teacher = frozen_copy(ctx.model) if ctx.task > 0 else None
-
     def distill_tokens(self, ctx) -> torch.Tensor:
-        """Texts whose logits are preserved: every earlier class with its first template."""
-        return torch.cat([ctx.class_tokens(t, ensemble=False) for t in range(ctx.task)])
+        """The current task's class prompts with the training template."""
+        return ctx.class_tokens(ctx.task, ensemble=False)
+
+    @torch.no_grad()
+    def before_task(self, ctx) -> None:
+        self.teacher = frozen_copy(ctx.model)  # the task-start model: theta_0 on the first task
+        tokens = self.distill_tokens(ctx).to(ctx.device)
+        self.text_feats = torch.cat([F.normalize(self.teacher.encode_text(c).float(), dim=-1)
+                                     for c in tokens.split(512)])
+        size = self.cfg.reference_batch_size or ctx.settings.batch_size
+        self.images = BatchStream(ctx.current.distill_images, size, ctx.settings.seed * 17 + 1000 + ctx.task,
+                                  ctx.settings.num_workers)
 
     def loss(self, batch, ctx) -> torch.Tensor:
         loss = ce_loss(batch, ctx)
-        if self.teacher is None or self.weight == 0:
-            return loss
-        images = batch[0]
-        tokens = self.distill_tokens(ctx)
+        images = self.images.images(ctx.step).to(ctx.device)
         scale = ctx.settings.logit_scale
         with torch.no_grad():
-            t_img = F.normalize(self.teacher.encode_image(images).float(), dim=-1)
-            t_txt = F.normalize(self.teacher.encode_text(tokens).float(), dim=-1)
-        s_img = F.normalize(ctx.model.encode_image(images).float(), dim=-1)
-        s_txt = F.normalize(ctx.model.encode_text(tokens).float(), dim=-1)
-        return loss + self.weight * distillation(scale * t_img @ t_txt.T, scale * s_img @ s_txt.T, self.temperature)
+            t_logits = scale * F.normalize(self.teacher.encode_image(images).float(), dim=-1) @ self.text_feats.T
+        s_logits = scale * F.normalize(ctx.model.encode_image(images).float(), dim=-1) @ self.text_feats.T
+        loss = loss + self.cfg.image_weight * distillation(t_logits, s_logits, self.cfg.temperature)
+        return loss + self.cfg.text_weight * distillation(t_logits.T, s_logits.T, self.cfg.temperature)
 
     def after_task(self, ctx) -> None:
-        self.teacher = None
-
-    def logits(self, images: torch.Tensor, task: int | None, ctx) -> torch.Tensor:
-        return ctx.clip_logits(ctx.model, images, task)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"teacher": self.teacher.state_dict() if self.teacher is not None else {}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.teacher is not None and state.get("teacher"):
-            self.teacher.load_state_dict(state["teacher"])
+        self.teacher = self.text_feats = self.images = None
 
 
 @register("method", "lwf_vr")
 class LwFVR(LwF):
-    """LwF with vocabulary replacement: random words instead of the old classes' names."""
+    """LwF with ZSCL's virtual vocabulary as the distilled text side."""
 
-    def before_task(self, ctx) -> None:
-        self.teacher = frozen_copy(ctx.model)  # also on task 1: the text space of pretraining is kept
-        words = sorted({w for task in ctx.tasks for name in task.classnames for w in name.split()}
-                       | set(getattr(ctx.reference, "vocabulary", [])))
-        self.vocabulary = words
+    Config = LwFVRConfig
 
     def distill_tokens(self, ctx) -> torch.Tensor:
-        # a pure function of (seed, task, step): resumed runs draw the same words
-        rng = np.random.default_rng([ctx.settings.seed, ctx.task, ctx.step])
-        k = min(self.vocabulary_size, len(self.vocabulary))
-        picks = rng.choice(len(self.vocabulary), size=k, replace=False)
-        template = ctx.current.templates[0]
-        return ctx.backbone.tokenize([fill_template(template, self.vocabulary[i]) for i in picks]).to(ctx.device)
+        generator = torch.Generator().manual_seed(ctx.settings.seed)
+        return random_token_texts(ctx.backbone.tokenizer, self.cfg.sentences, self.cfg.sentence_length, generator)

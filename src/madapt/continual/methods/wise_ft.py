@@ -1,7 +1,8 @@
-"""WiSE-FT as a continual baseline (seed 000 Table 3.2; Wortsman et al. 2022).
+"""WiSE-FT as a continual baseline, as ZSCL's ``scripts/WiSE_finetune.sh`` runs it (seed 000 Table 3.2).
 
-After fine-tuning on a task, the weights are interpolated with those the task started from:
-theta <- alpha * theta_finetuned + (1 - alpha) * theta_start (alpha = 0.5 as in ZSCL's baseline).
+``--method finetune --wise_merge --wise_ft_model n --wise_ft_alpha 0.8``: fine-tune the task, then
+interpolate with the weights the task started from (the loaded previous checkpoint, ``model_fix``):
+theta <- 0.8 * theta_finetuned + 0.2 * theta_start, every parameter.
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ from madapt.registry import register
 
 class WiseFTConfig(Strict):
     name: Literal["wise_ft"] = "wise_ft"
-    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the fine-tuned model in the interpolation")
+    alpha: float = Field(0.8, ge=0.0, le=1.0, description="weight of the fine-tuned model (ZSCL --wise_ft_alpha 0.8)")
 
 
 @register("method", "wise_ft")
 class WiseFT(Finetune):
     Config = WiseFTConfig
 
-    def __init__(self, alpha: float = 0.5, **_: Any) -> None:
-        self.alpha = alpha
+    def __init__(self, cfg: WiseFTConfig) -> None:
+        super().__init__(cfg)
         self.start: dict[str, torch.Tensor] = {}
 
     def before_task(self, ctx) -> None:
@@ -36,10 +37,9 @@ class WiseFT(Finetune):
     @torch.no_grad()
     def after_task(self, ctx) -> None:
         tuned = snapshot(ctx.model)
-        assign(ctx.model, {n: self.alpha * tuned[n] + (1 - self.alpha) * self.start[n] for n in tuned})
+        alpha = self.cfg.alpha
+        assign(ctx.model, {n: alpha * tuned[n] + (1 - alpha) * self.start[n] for n in tuned})
+        self.start = {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"start": self.start}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.start = dict(state.get("start", {}))
+        return {}

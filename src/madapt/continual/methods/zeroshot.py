@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 
 from madapt.config import Strict
-from madapt.continual.methods.finetune import Finetune
+from madapt.continual.method import ContinualMethod
 from madapt.registry import register
 
 
@@ -16,15 +16,22 @@ class ZeroShotConfig(Strict):
 
 
 @register("method", "zeroshot")
-class ZeroShot(Finetune):
-    """Evaluation only: the engine skips training (``trains``) and keeps text heads (``text_frozen``)."""
+class ZeroShot(ContinualMethod):
+    """Evaluation only: the engine skips training (``trains``), keeps text heads (``text_frozen``)
+    and fills every row from the run's zero-shot accuracies (``uses_pretrained``)."""
 
     Config = ZeroShotConfig
     trains = False
     text_frozen = True
 
+    def __init__(self, cfg: Strict) -> None:
+        self.cfg = cfg
+
     def trainable_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
         return []
+
+    def uses_pretrained(self, task: int, ctx) -> bool:
+        return True
 
     def loss(self, batch, ctx) -> torch.Tensor:
         raise RuntimeError("zero-shot does not train")
