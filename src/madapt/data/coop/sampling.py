@@ -13,7 +13,9 @@ the generator according to the population's length only, and ``Random(seed)`` st
 drew nothing from ``random`` between ``set_random_seed`` and the dataset (its ``train.py`` only
 sets up the logger and prints the environment in between) and the split lists are in the same
 order (true for the split files; ImageNet's listing order is filesystem-dependent in CoOp, sorted
-here). No global state is touched. CoOp's cached pkl files stay the authority
+here). The run in which CoOp first generated a missing split file drew its shuffles from the same
+global state before sampling, so its shots are not reproduced; later runs read the file and are.
+No global state is touched. CoOp's cached pkl files stay the authority
 (`madapt.data.coop.cache.read_coop_cache`); the indices we sample are saved in the run folder.
 """
 
