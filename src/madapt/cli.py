@@ -88,16 +88,22 @@ def report(run_dir: Path = typer.Argument(..., help="A finished run folder.")) -
 
 @data_app.command("check")
 def data_check(
-    collection: str = typer.Argument(..., help="mtil | cil | vp"),
+    collection: str = typer.Argument(..., help="mtil | cil | vp | coop"),
     root: Path = typer.Option(..., "--root", help="The data_root folder."),
 ) -> None:
     """List which datasets of a collection are present under --root and the layout expected."""
     from madapt.data import mtil, vp_real
 
-    if collection not in ("mtil", "cil", "vp"):
+    collections = ("mtil", "cil", "vp", "coop")
+    if collection not in collections:
         raise ConfigError(f"data collection '{collection}'", "is unknown",
-                          "mtil, cil or vp" + closest(collection, ("mtil", "cil", "vp")))
-    rows = vp_real.check_layout(root) if collection == "vp" else mtil.check_layout(collection, root)
+                          "mtil, cil, vp or coop" + closest(collection, collections))
+    if collection == "coop":
+        from madapt.data.coop import check_coop
+
+        rows = check_coop(root)
+    else:
+        rows = vp_real.check_layout(root) if collection == "vp" else mtil.check_layout(collection, root)
     missing = 0
     for name, ok, message in rows:
         missing += not ok
