@@ -4,6 +4,8 @@ build methods from their Configs and drive them the way the engine does."""
 from __future__ import annotations
 
 import copy
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,7 +59,7 @@ def ctx_factory(tiny_clip):
                                  lrs=[1e-3, 1e-3, 1e-3], warmup_steps=1,
                                  checkpoint_every=kw.pop("checkpoint_every", 2), eval_batch_size=8, seed=3, **kw)
         ctx = Context(backbone=backbone, tasks=make_tasks(backbone), settings=settings, device=torch.device("cpu"),
-                      reference=make_reference(backbone))
+                      reference=make_reference(backbone), artifacts=Path(tempfile.mkdtemp(prefix="madapt-artifacts-")))
         ctx.pretrained = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
         return ctx
 

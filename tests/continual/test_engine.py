@@ -50,6 +50,7 @@ class Crash(Exception):
 
 
 def final_state(method, ctx, ckpt: Checkpointer) -> tuple[list, dict, dict]:
+    ctx.artifacts = ckpt.dir / "artifacts"  # the run folder's, as the recipe sets it
     acc = run_sequence(method, ctx, ckpt)
     return acc, {k: v.clone() for k, v in ctx.model.state_dict().items()}, method.state_dict()
 
@@ -71,8 +72,10 @@ def crash_then_resume(name: str, ctx_factory, folder, crash_at: tuple[int, int],
         if (int(task_name[-1]), step) == crash_at:
             raise Crash
 
+    ctx = ctx_factory(iterations=5)
+    ctx.artifacts = Checkpointer(folder).dir / "artifacts"
     with pytest.raises(Crash):
-        run_sequence(build(name, **options), ctx_factory(iterations=5), Checkpointer(folder), crash)
+        run_sequence(build(name, **options), ctx, Checkpointer(folder), crash)
     # a fresh process rebuilds everything from the config: new context, new method object
     return final_state(build(name, **options), ctx_factory(iterations=5), Checkpointer(folder))
 

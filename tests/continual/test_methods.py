@@ -37,6 +37,8 @@ def first_batch(ctx, task: int | None = None):
 
 def train(method, ctx, task: int, steps: int, record=None) -> None:
     """The engine's inner loop for one task, without checkpoints or evaluation."""
+    if task == 0:
+        method.setup(ctx)
     ctx.task = task
     ctx.model.train()
     method.before_task(ctx)
@@ -349,13 +351,14 @@ def test_individual_ft_predicts_each_task_with_its_own_expert(ctx_factory, tmp_p
         for j in range(3):
             expected = matrix[j][j] if j <= i else zero_shot[0][j]
             assert matrix[i][j] == pytest.approx(expected), (i, j)
-    assert sorted(method.experts) == ["0", "1", "2"]
+    assert method.experts == [0, 1, 2]
+    assert sorted(p.name for p in ctx.artifacts.iterdir()) == [f"expert_{t}.safetensors" for t in range(3)]
     images, _ = first_batch(ctx, task=0)
     with torch.no_grad():
         got = method.logits(images, 0, ctx)
         last = ctx.clip_logits(ctx.model, images, 0)
         expert0 = copy.deepcopy(ctx.model)
-        expert0.load_state_dict(method.experts["0"])
+        expert0.load_state_dict(method.expert(0))
         ctx.forget_heads()
         want = ctx.clip_logits(expert0, images, 0)
     torch.testing.assert_close(got, want)
@@ -404,6 +407,7 @@ def test_method_state_round_trips_through_a_checkpoint(ctx_factory, tmp_path, na
     restored = Checkpointer(tmp_path).load().state["method"]
     # a fresh object, rebuilt the way the engine resumes (before_task on the task-start model), behaves identically
     twin = build(name)
+    twin.setup(ctx)
     twin.load_state_dict(restored)
     ctx.model.load_state_dict(task_start)
     twin.before_task(ctx)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -61,6 +62,7 @@ class Context:
     task_id_known: bool = True
     pretrained: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # theta_0, set by the engine
     reference: Any = None  # reference images/captions for distillation methods (ZSCL, AwoF)
+    artifacts: Path | None = None  # the method's folder for write-once files (finished experts), set by the recipe
     processes: Processes = field(default_factory=Processes)
     _tokens: dict[tuple[int, bool], torch.Tensor] = field(default_factory=dict, repr=False)
     _heads: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)

@@ -131,6 +131,7 @@ def run_method(cfg: ContinualConfig, prepared: Prepared, index: int, folder: Pat
     if sub.finished:
         return sub.read_results()
     ctx = _context(cfg, prepared)
+    ctx.artifacts = sub.path / "artifacts"
     seed_everything(cfg.seed)  # what setup() draws (new modules' init) is fixed by the seed
     method = get("method", mcfg.name)(mcfg)
     acc = run_sequence(method, ctx, sub.checkpoints, progress,

@@ -10,6 +10,7 @@ of ConDU (seed 002).
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -19,6 +20,7 @@ from madapt.config import Strict
 from madapt.continual.losses import all_but_logit_scale
 from madapt.continual.method import ContinualMethod
 from madapt.registry import register
+from madapt.runs import load_tensors, save_tensors
 
 
 class FinetuneConfig(Strict):
@@ -58,23 +60,37 @@ class Individual(Finetune):
     selects it); tasks not trained yet are predicted by the pretrained model. Without a task id
     (task-agnostic or class-incremental evaluation) the latest expert predicts. Row i of the accuracy
     matrix therefore holds expert j on task j for j <= i and zero-shot beyond: Last is the mean of
-    the experts' own accuracies. Finished experts are method state, written into the checkpoint
-    that follows their task (one model copy per task, which is the method's storage cost).
+    the experts' own accuracies. Each finished expert is written once, as ``expert_<task>.safetensors``
+    in the method's artifact folder (one model copy per task, which is the method's storage cost);
+    checkpoints only list which experts exist.
     """
 
     Config = IndividualConfig
 
     def __init__(self, cfg: Strict) -> None:
         super().__init__(cfg)
-        self.experts: dict[str, dict[str, torch.Tensor]] = {}
+        self.experts: list[int] = []  # tasks whose expert is on disk
         self._spare: torch.nn.Module | None = None  # a second model that holds one expert at a time
         self._loaded: str | None = None
+        self._folder: Path | None = None
+
+    def setup(self, ctx) -> None:
+        if ctx.artifacts is None:
+            raise ValueError("individual fine-tuning keeps its experts as files: ctx.artifacts must be set")
+        self._folder = ctx.artifacts
+
+    def expert_file(self, task: int) -> Path:
+        return self._folder / f"expert_{task}.safetensors"
+
+    def expert(self, task: int) -> dict[str, torch.Tensor]:
+        return load_tensors(self.expert_file(task))
 
     def before_task(self, ctx) -> None:
         ctx.model.load_state_dict(ctx.pretrained)
 
     def after_task(self, ctx) -> None:
-        self.experts[str(ctx.task)] = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
+        save_tensors(self.expert_file(ctx.task), ctx.model.state_dict())
+        self.experts = sorted({*self.experts, ctx.task})
 
     def uses_pretrained(self, task: int, ctx) -> bool:
         return ctx.task_id_known and task > ctx.task
@@ -82,11 +98,11 @@ class Individual(Finetune):
     def logits(self, images: torch.Tensor, task: int | None, ctx) -> torch.Tensor:
         if task is None or task == ctx.task or not ctx.task_id_known:
             return ctx.clip_logits(ctx.model, images, task)
-        key = str(task) if str(task) in self.experts else "pretrained"
+        key = str(task) if task in self.experts else "pretrained"
         if self._spare is None:
             self._spare = copy.deepcopy(ctx.model).eval()
         if self._loaded != key:
-            self._spare.load_state_dict(self.experts[key] if key != "pretrained" else ctx.pretrained)
+            self._spare.load_state_dict(self.expert(task) if key != "pretrained" else ctx.pretrained)
             self._loaded = key
             # the head cache is per model object: the spare's heads belong to the expert just replaced
             ctx.forget_heads()
@@ -96,5 +112,5 @@ class Individual(Finetune):
         return {"experts": self.experts}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.experts = {t: dict(weights) for t, weights in state.get("experts", {}).items()}
+        self.experts = [int(t) for t in state.get("experts", [])]
         self._loaded = None

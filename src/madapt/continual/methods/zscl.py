@@ -104,12 +104,11 @@ class ZSCL(ContinualMethod):
             self._absorb(ctx.model)
             assign(ctx.model, self.average)
         self.teacher = None
-        self.start, self.average = {}, {}
+        self.start, self.average, self.n_averaged = {}, {}, 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"average": self.average, "n_averaged": self.n_averaged}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("average"):
-            self.average = {k: v.clone() for k, v in state["average"].items()}
-            self.n_averaged = int(state["n_averaged"])
+        self.average = {k: v.clone() for k, v in state.get("average", {}).items()}
+        self.n_averaged = int(state.get("n_averaged", 0))
