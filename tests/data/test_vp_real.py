@@ -18,6 +18,7 @@ import vp_fixtures as vf
 from rich.console import Console
 
 from madapt.backbones.classifier import load_classifier
+import madapt
 from madapt.data import vp_real
 from madapt.data.templates import CLASSNAMES
 from madapt.data.vp_real import ImageFiles, check_layout, load_real
@@ -189,7 +190,7 @@ def test_vpt_json_splits_train_on_train_json_and_test_on_test_json(vpt, name) ->
     splits = facts[name]["json"]
     assert (len(data.train), len(data.test)) == (len(splits["train"]), len(splits["test"]))
     folder = root / name
-    image_dir = folder / vp_real._FGVC[name].image_dir
+    image_dir = folder / vp_real.FGVC[name].image_dir
     rel = {s: {Path(p).relative_to(image_dir).as_posix() for p in getattr(data, s).paths}
            for s in ("train", "test")}
     assert rel["train"] == set(splits["train"]) and rel["test"] == set(splits["test"])
@@ -343,7 +344,7 @@ def test_cli_data_check_vp(official, tmp_path) -> None:
     import sys
 
     root, _ = official
-    env = {**os.environ, "PYTHONPATH": str(Path(vp_real.__file__).resolve().parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(Path(madapt.__file__).resolve().parents[1])}
     cmd = [sys.executable, "-m", "madapt.cli", "data", "check"]
     ok = subprocess.run([*cmd, "vp", "--root", str(root)], env=env, capture_output=True, text=True)
     assert ok.returncode == 0 and f"ok      cub200: found official layout in {root / 'cub200'}" in ok.stdout

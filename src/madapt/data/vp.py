@@ -14,16 +14,14 @@ Images are uint8 (N, 32, 32, 3) arrays, deterministic in (name, split, size, see
 reuses the painters of `madapt.data.synthetic`. Real datasets (seed Table 6.2) are read in their
 standard on-disk layouts by `madapt.data.vp_real.load_real`; `load_folder` here is its fallback, an
 ImageFolder tree ``data_root/<name>/{train,test}/<class>/*`` (e.g. splits exported to folders).
-Both resize with `resize_to_tensor`. The module also registers the bundled source classifier as
-backbone ``micro-source``.
+Both resize with `resize_to_tensor`. The bundled source classifier trained on `SOURCE_CLASSES`
+is backbone ``micro-source`` (`madapt.backbones.classifier.load_micro_source`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,6 @@ from torch.utils.data import Dataset
 
 from madapt.data import synthetic as syn
 from madapt.errors import DataError, UnknownNameError, closest
-from madapt.registry import register
 
 SOURCE_CLASSES: tuple[str, ...] = (
     *(f"{c} {s}" for s in syn.SHAPES for c in syn.COLOURS),
@@ -199,40 +196,3 @@ def subsample_per_class(labels: np.ndarray, fraction: float, seed: int) -> np.nd
         k = max(1, int(round(fraction * len(idx))))
         keep.append(np.sort(rng.choice(idx, size=k, replace=False)))
     return np.sort(np.concatenate(keep))
-
-
-# ---------------------------------------------------------------------------------------------
-# The bundled micro source classifier (made by scripts/pretrain_micro_source.py)
-
-
-def micro_source_dir() -> Path:
-    return Path(str(files("madapt").joinpath("assets", "micro_source")))
-
-
-def load_micro_source(weights: str | None = None) -> Any:
-    """The micro source classifier (a timm ResNet at 32 px, 116 classes) with bundled weights.
-
-    ``weights`` overrides the bundled safetensors file. Returns a `ClassifierBackbone` whose
-    ``classnames`` attribute lists `SOURCE_CLASSES`.
-    """
-    from madapt.backbones.classifier import load_classifier
-    from madapt.errors import WeightsError
-    from madapt.runs import load_tensors
-
-    folder = micro_source_dir()
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    path = Path(weights) if weights else folder / "weights.safetensors"
-    # Built empty and filled strictly: timm's pretrained loader would drop a 116-way head as a
-    # mismatch with the preset's 1000 classes.
-    backbone = load_classifier(config["preset"], **config["timm_kwargs"])
-    try:
-        backbone.model.load_state_dict(load_tensors(path))
-    except RuntimeError as err:
-        raise WeightsError(f"weights of backbone micro-source '{path}'", "do not match the architecture: "
-                           + str(err).splitlines()[0][:160], "a checkpoint written by "
-                           "scripts/pretrain_micro_source.py") from None
-    backbone.classnames = list(config["classes"])
-    return backbone
-
-
-register("backbone", "micro-source")(load_micro_source)

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, field_validator, model_validator
 from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader, Subset
@@ -33,10 +33,11 @@ from madapt.backbones.classifier import freeze
 from madapt.config import Recipe, Strict, register_recipe
 from madapt.data import vp, vp_real
 from madapt.errors import ConfigError
-from madapt.labelmap import LabelMapper
+from madapt.labelmap import Identity, LabelMapper, mapper_config
+from madapt.labelmap.mappers import NoOptions, validate_options
 from madapt.peft import PaddingPrompt, PlainInput, build_vpt_deep, supports_vpt_deep
-from madapt.prompting import mapping_grid, report
-from madapt.registry import build, get
+from madapt.prompting.visual_report import mapping_grid, report
+from madapt.registry import get
 from madapt.runs import Checkpointer, RunFolder, rng_state, seed_everything, set_rng_state
 from madapt.training import build_optimizer, warmup_cosine
 
@@ -80,7 +81,8 @@ class VariantConfig(Strict):
     name: str = Field(..., description="a mapper (hardcoded, random, flm, ilm, otlm) "
                                         "or full_finetune / linear_probe")
     label: str | None = Field(None, description="sub-folder and table name (default: name)")
-    options: dict[str, Any] = Field(default_factory=dict, description="mapper options, e.g. {solver: greedy}")
+    options: SerializeAsAny[Strict] = Field(default_factory=NoOptions,
+                                            description="the mapper's options, e.g. {solver: greedy}")
     mapping_source: Source | None = Field(None, description="overrides the top-level mapping_source")
     lr: float | None = Field(None, gt=0)
     optimizer: Literal["sgd", "adamw"] | None = None
@@ -105,8 +107,22 @@ class VisualPromptConfig(Strict):
 
     @field_validator("variants", mode="before")
     @classmethod
-    def _names_as_variants(cls, value: Any) -> Any:
-        return [{"name": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
+    def _variants(cls, value: Any) -> Any:
+        """Names become ``{name: ...}``; each variant's options become its mapper's validated Config."""
+        if not isinstance(value, list):
+            return value
+        out = []
+        for i, v in enumerate(value):
+            v = {"name": v} if isinstance(v, str) else v
+            if isinstance(v, dict) and isinstance(v.get("name"), str):
+                where = f"variants.{i}.options"
+                if v["name"] in REFERENCES:
+                    options = validate_options(NoOptions, v.get("options"), where)
+                else:
+                    options = mapper_config(v["name"], v.get("options"), where)
+                v = {**v, "options": options}
+            out.append(v)
+        return out
 
     @model_validator(mode="after")
     def _check(self) -> VisualPromptConfig:
@@ -115,16 +131,6 @@ class VisualPromptConfig(Strict):
             if tags.count(v.tag) > 1:
                 raise ConfigError(f"variants.{i}.label", f"'{v.tag}' is used twice",
                                   "a unique label per variant")
-            if v.name in REFERENCES:
-                if v.options:
-                    raise ConfigError(f"variants.{i}.options", f"given for {v.name}",
-                                      "no options (FF/LP take lr/optimizer)")
-                continue
-            try:
-                build("mapper", v.name, **v.options)  # unknown name -> UnknownNameError with a suggestion
-            except TypeError as err:
-                raise ConfigError(f"variants.{i}.options", str(err),
-                                  f"options accepted by mapper '{v.name}'") from None
         return self
 
 
@@ -254,16 +260,23 @@ def mapping_pass(learner: Learner, mapper: LabelMapper, dataset: Any, index: np.
 
 
 @torch.no_grad()
-def evaluate(learner: Learner, mapper: LabelMapper | None, dataset: Any, batch_size: int,
+def evaluate(learner: Learner, mapper: LabelMapper, dataset: Any, batch_size: int,
              workers: int = 0) -> float:
     learner.eval()
     correct = total = 0
     for x, y in batches(dataset, np.arange(len(dataset)), batch_size, workers):
         logits = learner(x)
-        out = mapper.transform(logits) if mapper is not None else logits
+        out = mapper.transform(logits)
         correct += int((out.argmax(1) == y).sum())
         total += len(y)
     return 100.0 * correct / max(total, 1)
+
+
+def make_mapper(variant: VariantConfig, seed: int) -> LabelMapper:
+    """The variant's label mapper; `Identity` for FF / LP, whose new head gives target logits."""
+    if variant.name in REFERENCES:
+        return Identity()
+    return get("mapper", variant.name)(variant.options, run_seed=seed)
 
 
 def fit_variant(cfg: VisualPromptConfig, prepared: Prepared, variant: VariantConfig,
@@ -273,7 +286,8 @@ def fit_variant(cfg: VisualPromptConfig, prepared: Prepared, variant: VariantCon
     t, data, index = cfg.train, prepared.data, prepared.train_index
     n_source, n_target = prepared.backbone.num_classes, len(data.classnames)
     learner = build_learner(cfg, prepared, variant)
-    mapper = None if variant.name in REFERENCES else build("mapper", variant.name, **variant.options)
+    n_out = n_target if variant.name in REFERENCES else n_source  # FF / LP: the new head's outputs
+    mapper = make_mapper(variant, cfg.seed)
     source = variant.mapping_source or cfg.mapping_source
     opt = build_optimizer(learner.parameters(), variant.optimizer or t.optimizer, lr=variant.lr or t.lr,
                           weight_decay=variant.weight_decay if variant.weight_decay is not None
@@ -288,16 +302,15 @@ def fit_variant(cfg: VisualPromptConfig, prepared: Prepared, variant: VariantCon
         learner.load_state_dict(s["learner"], strict=False)
         opt.load_state_dict(s["optimizer"])
         sched.load_state_dict(s["scheduler"])
-        if mapper is not None:
-            mapper.load_state_dict(s["mapper"])
+        mapper.load_state_dict(s["mapper"])
         set_rng_state(s["rng"])
         start, history = int(ckpt.unit["epoch"]), list(s["history"])
-    elif mapper is not None and mapper.requires_data:
+    elif mapper.requires_data:
         mapping_pass(learner, mapper, data.train, index, n_source, n_target, cfg.eval_batch_size,
                      t.num_workers)
-    elif mapper is not None:
-        mapper.fit_shape(n_source, n_target)
-    acc = mapper.make_accumulator(n_source, n_target) if mapper is not None and mapper.requires_data else None
+    else:
+        mapper.fit_shape(n_out, n_target)
+    acc = mapper.make_accumulator(n_source, n_target) if mapper.requires_data else None
     for epoch in range(start, t.epochs):
         began = time.perf_counter()
         refresh = acc is not None and epoch + 1 < t.epochs and mapper.needs_refresh(epoch + 1)
@@ -309,7 +322,7 @@ def fit_variant(cfg: VisualPromptConfig, prepared: Prepared, variant: VariantCon
             logits = learner(x)
             if collect:
                 acc.update(torch.softmax(logits.detach().float(), 1), y)
-            loss = F.cross_entropy(mapper.transform(logits) if mapper is not None else logits, y)
+            loss = F.cross_entropy(mapper.transform(logits), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -325,19 +338,15 @@ def fit_variant(cfg: VisualPromptConfig, prepared: Prepared, variant: VariantCon
         if checkpoints is not None:
             checkpoints.save({"epoch": epoch + 1}, {
                 "learner": learner.trainable_state(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "mapper": None if mapper is None else mapper.state_dict(),
+                "scheduler": sched.state_dict(), "mapper": mapper.state_dict(),
                 "rng": rng_state(), "history": history})
     accuracy = evaluate(learner, mapper, data.test, cfg.eval_batch_size, t.num_workers)
     entry: dict[str, Any] = {
         "name": variant.name, "accuracy": accuracy, "history": history,
-        "mapping_source": source if mapper is not None and mapper.mapping_interval else None,
+        "mapping_source": source if mapper.mapping_interval else None,
         "trainable_params": sum(p.numel() for p in learner.parameters() if p.requires_grad),
+        **mapper.describe(prepared.source_names),
     }
-    if mapper is not None:
-        entry["mapping"] = [int(i) for i in mapper.mapping_]
-        entry["mapped_names"] = [prepared.source_names[i] for i in mapper.mapping_]
-        cost = getattr(mapper, "mapping_cost_", None)
-        entry["mapping_cost"] = None if cost is None else float(cost) / n_target
     return entry
 
 
