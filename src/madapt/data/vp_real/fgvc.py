@@ -120,22 +120,26 @@ def fgvc_plan(root: Path, name: str) -> Plan:
 
 
 def _read_vpt_json(name: str, folder: Path, spec: Fgvc, tf: Transform, layout: str) -> TargetData:
-    """VPT's ``{image path: class id}`` splits; ids -> 0..K-1 in sorted order, as ``JSONDataset`` maps
-    them (it does so per split; here over train and test together, so both agree on every id)."""
-    entries = {split: json_split(name, folder / f"{split}.json", layout) for split in SPLITS}
-    check_disjoint(name, folder / "train.json", folder / "test.json", entries["train"], entries["test"], layout)
-    ids = sorted({cid for split in SPLITS for _, cid in entries[split]})
+    """VPT's ``{image path: class id}`` splits (``val.json`` too when present); ids -> 0..K-1 in
+    sorted order, as ``JSONDataset`` maps them (it does so per split; here over all splits
+    together, so they agree on every id)."""
+    splits = (*SPLITS, "val") if (folder / "val.json").is_file() else SPLITS
+    entries = {split: json_split(name, folder / f"{split}.json", layout) for split in splits}
+    for other in splits[1:]:
+        check_disjoint(name, folder / "train.json", folder / f"{other}.json", entries["train"], entries[other],
+                       layout)
+    ids = sorted({cid for split in splits for _, cid in entries[split]})
     contiguous = {cid: i for i, cid in enumerate(ids)}
     image_dir = folder / spec.image_dir
-    names = names_from_folders(name, folder, ids, [(rel, cid) for s in SPLITS for rel, cid in entries[s]])
+    names = names_from_folders(name, folder, ids, [(rel, cid) for s in splits for rel, cid in entries[s]])
     if names is None and spec.fixed_names is not None:
         names = spec.fixed_names(folder, len(ids))
     if names is None:
         names = [f"class {cid}" for cid in ids]  # VPT's files carry ids only
     parts = {split: image_files(name, image_dir, [(rel, contiguous[cid]) for rel, cid in entries[split]],
                                  names, tf, folder / f"{split}.json", layout)
-             for split in SPLITS}
-    return TargetData(name, names, parts["train"], parts["test"])
+             for split in splits}
+    return TargetData(name, names, parts["train"], parts["test"], parts.get("val"))
 
 
 def _read_cub_style(name: str, folder: Path, tf: Transform, layout: str) -> TargetData:

@@ -109,6 +109,10 @@ MTIL: dict[str, str] = {
 }
 
 
+# DTD partition 1's val1 and Flowers' ``valid`` ids (1,880 and 1,020 images, Table 6.2)
+OFFICIAL_VAL = {"dtd": "dtd/dtd/labels/val1.txt", "flowers102": "flowers-102/setid.mat"}
+
+
 def mtil_plan(root: Path, name: str) -> Plan:
     spec = mtil.SPECS[MTIL[name]]
     layout = f"<data_root>/{spec.layout}"
@@ -119,6 +123,14 @@ def mtil_plan(root: Path, name: str) -> Plan:
     def load(tf: Transform) -> TargetData:
         # official splits and the MTIL class names (DTD partition 1, Flowers' CLIP names, ...)
         train, test = (mtil.load_split(spec.name, root, split, tf) for split in SPLITS)
-        return TargetData(name, list(train.classnames), train, test)
+        val = None
+        if name in OFFICIAL_VAL and (root / OFFICIAL_VAL[name]).is_file():  # Table 6.2's val sets
+            try:
+                base, _ = mtil._open(spec.key, root, "val", mtil._RGBThen(tf))
+            except (RuntimeError, OSError, ValueError, KeyError, IndexError) as err:
+                raise unreadable(name, root / spec.folder, err, layout) from None
+            labels = labels_of(base)
+            val = mtil.LabeledDataset(name, base, list(range(len(labels))), labels, list(train.classnames))
+        return TargetData(name, list(train.classnames), train, test, val)
 
     return Plan(layout, load=load, found=f"torchvision layout in {root / spec.folder}")
