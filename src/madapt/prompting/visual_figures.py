@@ -32,10 +32,13 @@ MAPPERS = ("flm", "ilm", "otlm")
 
 
 def _groups(results: dict[str, Any], key: str) -> dict[Any, dict[str, dict[str, Any]]]:
-    """Variants grouped by ``key`` (backbone or shots_fraction), each group by mapper name."""
+    """Variants grouped by ``key`` (backbone or shots_fraction), each group by mapper name (the
+    first variant of each); the other of the two stays at the run's main setting."""
+    other = {"backbone": "shots_fraction", "shots_fraction": "backbone"}[key]
     groups: dict[Any, dict[str, dict[str, Any]]] = {}
     for entry in results["variants"].values():
-        groups.setdefault(entry.get(key), {}).setdefault(entry["name"], entry)
+        if entry.get(other, results.get(other)) == results.get(other):
+            groups.setdefault(entry.get(key), {}).setdefault(entry["name"], entry)
     return groups
 
 
@@ -116,7 +119,12 @@ def _first_sources(mapping: Any) -> np.ndarray:
 
 
 def logits_explained(results: dict[str, Any], mean_logits: torch.Tensor, path: Path) -> Path | None:
-    entries = {e["name"]: e for e in results["variants"].values() if e.get("initial_mapping") is not None}
+    entries: dict[str, dict[str, Any]] = {}
+    for e in results["variants"].values():  # the first of each mapper on the run's main source and share
+        main = e.get("backbone", results.get("backbone")) == results.get("backbone") and \
+            e.get("shots_fraction", results.get("shots_fraction")) == results.get("shots_fraction")
+        if main and e.get("initial_mapping") is not None:
+            entries.setdefault(e["name"], e)
     freq = entries.get("flm") or entries.get("ilm")
     if freq is None or "otlm" not in entries:
         return None

@@ -79,12 +79,13 @@ def share_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         return []
     shares = sorted(groups, reverse=True)
     names = [n for n in (*figures.MAPPERS, "hardcoded") if any(n in g for g in groups.values())]
+    per_class = {f: next(iter(groups[f].values()))["train_images"] / len(results["classnames"]) for f in shares}
     rows = []
     for name in names:
         row: dict[str, Any] = {"method": DESCRIPTIONS.get(name, name)}
         for f in shares:
             e = groups[f].get(name)
-            head = f"{100 * f:g}% ({round(e['train_images'] / len(results['classnames']), 1) if e else '-'}/class)"
+            head = f"{100 * f:g}% ({round(per_class[f], 1)}/class)"
             seconds = [h["seconds"] for h in e["history"]] if e else []
             row[head] = f"{e['accuracy']:.1f} ({np.median(seconds):.2f} s)" if e else "-"
         rows.append(row)
