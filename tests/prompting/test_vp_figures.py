@@ -63,3 +63,17 @@ def test_figure_6_5_shows_the_class_where_the_mappings_differ(tmp_path: Path) ->
     assert path is not None and path.is_file()
     assert visual_figures.logits_explained(_results([2, 1, 0], [2, 1, 0]), logits, tmp_path / "g.png") is None
     assert not (tmp_path / "g.png").exists()
+
+
+def test_table_6_11_counts_what_each_method_trains(tmp_path: Path) -> None:
+    args = ["backbone=madapt-tiny-vit-in21k", "prompt.pad=4", "datasets={a: 3, b: 5}"]
+    results = run_experiment("vp/table_6_11_vitb22k", args, tmp_path / "run", False, Console(file=io.StringIO()))
+    vit = load_classifier("madapt-tiny-vit-in21k").model
+    encoder = sum(p.numel() for n, p in vit.named_parameters() if not n.startswith("head"))
+    d = vit.embed_dim
+    pads = 3 * (32 * 32 - 24 * 24)
+    assert results["encoder_params"] == encoder
+    assert results["totals"] == {"FF": 2 * encoder + (d * 3 + 3) + (d * 5 + 5), "LP": (d * 3 + 3) + (d * 5 + 5),
+                                 "VP": 2 * pads, "FLM": 2 * pads, "ILM": 2 * pads, "OTLM": 2 * pads}
+    assert results["times_encoder"]["VP"] == 2 * pads / encoder
+    assert "Table 6.11" in (tmp_path / "run" / "report.md").read_text()
