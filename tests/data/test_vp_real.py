@@ -356,11 +356,11 @@ def test_cli_data_check_vp(official, tmp_path) -> None:
     root, _ = official
     env = {**os.environ, "PYTHONPATH": str(Path(madapt.__file__).resolve().parents[1])}
     cmd = [sys.executable, "-m", "madapt.cli", "data", "check"]
-    ok = subprocess.run([*cmd, "vp", "--root", str(root)], env=env, capture_output=True, text=True)
+    ok = subprocess.run([*cmd, "vp", "--root", str(root)], env=env, capture_output=True, text=True, check=False)
     assert ok.returncode == 0 and f"ok      cub200: found official layout in {root / 'cub200'}" in ok.stdout
-    missing = subprocess.run([*cmd, "vp", "--root", str(tmp_path)], env=env, capture_output=True, text=True)
+    missing = subprocess.run([*cmd, "vp", "--root", str(tmp_path)], env=env, capture_output=True, text=True, check=False)
     assert missing.returncode == 1 and "MISSING cub200" in missing.stdout
-    bad = subprocess.run([*cmd, "vpp", "--root", str(root)], env=env, capture_output=True, text=True)
+    bad = subprocess.run([*cmd, "vpp", "--root", str(root)], env=env, capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "'vp'" in bad.stderr
 
 

@@ -20,7 +20,7 @@ def brute_force_best(cost: np.ndarray) -> tuple[float, tuple[int, ...]]:
 def ilmvp_greedy(cost: np.ndarray) -> np.ndarray:
     """ILM-VP's loop literally: argmax of the flattened score, then drop its row and column."""
     score = (cost.max() - cost).astype(np.float64)
-    n_source, n_target = cost.shape
+    n_target = cost.shape[1]
     mapping = np.empty(n_target, dtype=np.int64)
     for _ in range(n_target):
         row, col = divmod(int(score.argmax()), n_target)  # np.argmax keeps the first maximum

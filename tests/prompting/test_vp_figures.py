@@ -26,8 +26,8 @@ def test_one_run_holds_tables_6_9_6_10_and_figures_6_2_6_3(tmp_path: Path) -> No
                 " shots_fraction: 0.5}, {name: hardcoded, label: vp_tiny, source: tiny},"
                 " {name: otlm, label: otlm_tiny, source: tiny}]")
     args = ["data.name=digits", "data.train_per_class=4", "data.val_per_class=1", "data.test_per_class=2",
-            "train.epochs=1", "train.batch_size=16", f"sources={{tiny: {{backbone: madapt-tiny-resnet50, "
-            f"weights: {other}}}}}", f"variants={variants}"]
+            "train.epochs=1", "train.batch_size=16",
+            f"sources={{tiny: {{backbone: madapt-tiny-resnet50, weights: {other}}}}}", f"variants={variants}"]
     results = run_experiment("vp/micro_otlm", args, tmp_path / "run", False, Console(file=io.StringIO()))
     v = results["variants"]
     assert v["otlm_tiny"]["backbone"] == "madapt-tiny-resnet50" and max(v["otlm_tiny"]["mapping"]) < 1000

@@ -7,29 +7,19 @@ import math
 from pathlib import Path
 
 import pytest
+import test_vp_recipe
 import torch
 
 from madapt import catalog
-from madapt.backbones.classifier import load_classifier
 from madapt.config import load_config
 from madapt.prompting import visual, visual_train
-from madapt.runs import save_tensors
 
 catalog.load_all()
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_tensors(path, load_classifier("madapt-tiny-resnet50").model.state_dict())
-    return path
+weights = test_vp_recipe.weights  # the tiny ResNet weights fixture
 
 
 def tiny(weights: Path, *extra: str) -> list[str]:
-    return ["backbone=madapt-tiny-resnet50", f"weights={weights}", "data.name=digits", "data.train_per_class=3",
-            "data.val_per_class=2", "data.test_per_class=2", "train.epochs=3", "train.batch_size=8",
-            "eval_batch_size=64", *extra]
+    return test_vp_recipe.tiny(weights, "train.epochs=3", *extra)
 
 
 def lrs(cfg, steps_per_epoch: int) -> list[float]:

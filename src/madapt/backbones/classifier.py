@@ -52,20 +52,20 @@ CLASSIFIERS: dict[str, tuple[str, dict[str, Any], int | None]] = {
     "convnext_base": ("convnext_base", {}, None),
     "madapt-tiny-vit-in21k": (
         "vit_base_patch16_224.augreg_in21k",
-        dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2), 32,
+        {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}, 32,
     ),
     "madapt-tiny-vit": (
         "vit_base_patch16_224.augreg_in1k",
-        dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2), 32,
+        {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}, 32,
     ),
     "madapt-tiny-swin": (
         "swin_base_patch4_window7_224",
-        dict(img_size=32, embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=4), 32,
+        {"img_size": 32, "embed_dim": 16, "depths": (1, 1), "num_heads": (1, 2), "window_size": 4}, 32,
     ),
     "madapt-tiny-resnet50": (
-        "resnet50", dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), stem_width=8), 32,
+        "resnet50", {"layers": (1, 1, 1, 1), "channels": (8, 16, 32, 64), "stem_width": 8}, 32,
     ),
-    "madapt-tiny-convnext": ("convnext_base", dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128)), 32),
+    "madapt-tiny-convnext": ("convnext_base", {"depths": (1, 1, 1, 1), "dims": (16, 32, 64, 128)}, 32),
 }
 
 
@@ -158,10 +158,10 @@ def _create_from_file(timm_name: str, name: str, file: Any, kwargs: dict[str, An
         overlay["num_classes"] = kwargs["num_classes"]
     try:
         return timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-    except Exception as load_err:  # safetensors, zip, unpickling and key errors share no base class
+    except Exception as load_err:  # noqa: BLE001  (safetensors, zip, unpickling and key errors share no base)
         try:
             load_state_dict(str(file))  # failure path only: tells an unreadable file from a wrong one
-        except Exception as read_err:
+        except Exception as read_err:  # noqa: BLE001  (any failure to read means unreadable)
             raise unreadable(file, where, read_err) from None
         in_file = _head_only_mismatch(load_err, timm_name)
         if in_file is None:

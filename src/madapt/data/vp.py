@@ -243,6 +243,6 @@ def subsample_per_class(labels: np.ndarray, fraction: float, seed: int) -> np.nd
     keep = []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
-        k = max(1, int(round(fraction * len(idx))))
+        k = max(1, round(fraction * len(idx)))
         keep.append(np.sort(rng.choice(idx, size=k, replace=False)))
     return np.sort(np.concatenate(keep))

@@ -71,7 +71,7 @@ def source_names(backbone: ClassifierBackbone) -> list[str]:
         info = ImageNetInfo(infer_imagenet_subset(backbone.model))
         if info.num_classes() == backbone.num_classes:
             return [info.index_to_description(i).split(",")[0] for i in range(backbone.num_classes)]
-    except Exception:  # noqa: BLE001  (no bundled label info for this model: plain indices are fine)
+    except Exception:  # noqa: BLE001, S110  (no bundled label info for this model: plain indices are fine)
         pass
     return [f"class {i}" for i in range(backbone.num_classes)]
 

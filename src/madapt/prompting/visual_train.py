@@ -52,7 +52,7 @@ class Runtime:
     channels_last: bool = False
     workers: int = 0
     pin_memory: bool = False
-    procs: Processes = Processes()
+    procs: Processes = dataclasses.field(default_factory=Processes)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":

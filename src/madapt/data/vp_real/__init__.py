@@ -61,7 +61,7 @@ from madapt.data.vp_real.fgvc import FGVC, fgvc_plan
 from madapt.data.vp_real.torchvision_sets import GTSRB_CLASSES, MTIL, TORCHVISION, mtil_plan, torchvision_plan
 from madapt.errors import DataError
 
-__all__ = ["FGVC", "VAL_HOLDOUT", "GTSRB_CLASSES", "VP_DATASETS", "ImageFiles", "check_layout", "expected_layout", "load_real"]
+__all__ = ["FGVC", "GTSRB_CLASSES", "VAL_HOLDOUT", "VP_DATASETS", "ImageFiles", "check_layout", "expected_layout", "load_real"]
 
 ROOT_EXPECTED = "a folder holding the VP datasets in their standard layouts (madapt.data.vp_real)"
 # Table 6.2's validation count, held out of the training set when the layout has no val split
