@@ -11,7 +11,8 @@ whole table of the thesis and its report draws the figure.
 Options and their sources: `madapt.prompting.visual_config`; the loop (device, precision,
 validation selection, multi-process): `madapt.prompting.visual_train`; tables and figures:
 `madapt.prompting.visual_report`. Each epoch is checkpointed, so ``--resume`` continues where a
-run stopped and reproduces it.
+run stopped and reproduces it. A run with a frequency mapper and OTLM makes one more no-grad pass
+with the initial prompt for Figure 6.5's class-average logits (``initial_logits.safetensors``).
 """
 
 from __future__ import annotations
