@@ -20,6 +20,7 @@ MODULES = (
     "madapt.continual.methods",
     "madapt.continual.recipe",
     "madapt.prompting.visual",
+    "madapt.prompting.visual_params",
     "madapt.tokenizers.adat",
 )
 

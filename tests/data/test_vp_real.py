@@ -17,15 +17,23 @@ import torchvision.datasets.svhn
 import vp_fixtures as vf
 from rich.console import Console
 
+import madapt
 from madapt.backbones.classifier import load_classifier
 from madapt.data import vp_real
 from madapt.data.templates import CLASSNAMES
+from madapt.data.vp import TargetData, image_transform
 from madapt.data.vp_real import ImageFiles, check_layout, load_real
 from madapt.errors import DataError
 from madapt.recipes import run_experiment
 from madapt.runs import save_tensors
 
 SIZE = 16
+TF = image_transform(SIZE, center_crop=False)
+
+
+def load(root: Path, name: str) -> TargetData:
+    """The dataset with its splits as the files give them (no validation hold-out)."""
+    return load_real(root, name, TF, holdout_val=False)
 
 
 def _exists_only(fpath, md5=None) -> bool:
@@ -83,7 +91,7 @@ def _files(root: Path) -> set[Path]:
 @pytest.mark.parametrize("name", ["cifar10", "svhn", "gtsrb"])
 def test_torchvision_formats_give_official_splits_labels_and_names(official, name) -> None:
     root, facts = official
-    data = load_real(root, name, SIZE)
+    data = load(root, name)
     for split in ("train", "test"):
         ds = getattr(data, split)
         assert _labels(ds) == facts[name]["labels"][split], split
@@ -104,14 +112,14 @@ def test_gtsrb_with_a_missing_class_folder_is_a_data_error(tmp_path) -> None:
         f.unlink()
     (tmp_path / "gtsrb" / "GTSRB" / "Training" / "00007").rmdir()
     with pytest.raises(DataError, match="00007") as err:
-        load_real(tmp_path, "gtsrb", SIZE)
+        load(tmp_path, "gtsrb")
     assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("name", ["cifar100", "dtd", "flowers102", "food101", "stanford_cars"])
 def test_mtil_readers_are_reused_with_their_official_splits(official, name) -> None:
     root, facts = official
-    data = load_real(root, name, SIZE)
+    data = load(root, name)
     sizes = {"cifar100": (40, 30), "dtd": (47, 94), "flowers102": (10, 10), "food101": (101, 101),
              "stanford_cars": (12, 8)}[name]
     assert (len(data.train), len(data.test)) == sizes
@@ -133,7 +141,7 @@ def test_mtil_readers_are_reused_with_their_official_splits(official, name) -> N
 
 def test_cub_official_split_labels_and_names(official) -> None:
     root, facts = official
-    data = load_real(root, "cub200", SIZE)
+    data = load(root, "cub200")
     f = facts["cub200"]
     assert data.classnames == ["Black footed Albatross", "Laysan Albatross", "Sooty Albatross",
                                "Groove billed Ani"]
@@ -147,7 +155,7 @@ def test_cub_official_split_labels_and_names(official) -> None:
 
 def test_nabirds_maps_sparse_leaf_ids_to_sorted_contiguous_labels(official) -> None:
     root, facts = official
-    data = load_real(root, "nabirds", SIZE)
+    data = load(root, "nabirds")
     # leaf ids 295 < 313 < 401 < 817 < 1000 -> 0..4; inner nodes of classes.txt are not classes
     assert data.classnames == ["Common Loon", "Pacific Loon", "Red-tailed Hawk (Dark morph)", "Gray Jay",
                                "Gray Catbird"]
@@ -160,7 +168,7 @@ def test_nabirds_maps_sparse_leaf_ids_to_sorted_contiguous_labels(official) -> N
 
 def test_stanford_dogs_reads_the_mat_lists(official) -> None:
     root, facts = official
-    data = load_real(root, "stanford_dogs", SIZE)
+    data = load(root, "stanford_dogs")
     f = facts["stanford_dogs"]
     assert data.classnames == f["names"]
     assert _labels(data.train) == f["labels"]["train"] and _labels(data.test) == f["labels"]["test"]
@@ -172,7 +180,7 @@ def test_stanford_dogs_reads_the_mat_lists(official) -> None:
 
 def test_cub_archive_folder_is_found_directly_under_data_root(tmp_path) -> None:
     vf.write_cub(tmp_path, folder="CUB_200_2011")
-    data = load_real(tmp_path, "cub200", SIZE)
+    data = load(tmp_path, "cub200")
     assert (len(data.train), len(data.test)) == (12, 8)
     rows = {n: m for n, _, m in check_layout(tmp_path, ["cub200"])}
     assert rows["cub200"] == f"found official layout in {tmp_path / 'CUB_200_2011'}"
@@ -185,11 +193,11 @@ def test_cub_archive_folder_is_found_directly_under_data_root(tmp_path) -> None:
 @pytest.mark.parametrize("name", ["cub200", "nabirds", "stanford_dogs", "flowers102", "stanford_cars"])
 def test_vpt_json_splits_train_on_train_json_and_test_on_test_json(vpt, name) -> None:
     root, facts = vpt
-    data = load_real(root, name, SIZE)
+    data = load(root, name)
     splits = facts[name]["json"]
     assert (len(data.train), len(data.test)) == (len(splits["train"]), len(splits["test"]))
     folder = root / name
-    image_dir = folder / vp_real._FGVC[name].image_dir
+    image_dir = folder / vp_real.FGVC[name].image_dir
     rel = {s: {Path(p).relative_to(image_dir).as_posix() for p in getattr(data, s).paths}
            for s in ("train", "test")}
     assert rel["train"] == set(splits["train"]) and rel["test"] == set(splits["test"])
@@ -211,7 +219,7 @@ def test_vpt_json_splits_train_on_train_json_and_test_on_test_json(vpt, name) ->
 def test_json_wins_over_the_official_files_in_the_same_folder(vpt) -> None:
     root, facts = vpt  # write_cub(vpt_json=True) wrote the official files too
     assert (root / "cub200" / "images.txt").is_file()
-    assert len(load_real(root, "cub200", SIZE).train) == len(facts["cub200"]["json"]["train"]) == 8
+    assert len(load(root, "cub200").train) == len(facts["cub200"]["json"]["train"]) == 8
 
 
 def test_json_sharing_images_between_train_and_test_is_a_data_error(tmp_path) -> None:
@@ -219,7 +227,7 @@ def test_json_sharing_images_between_train_and_test_is_a_data_error(tmp_path) ->
     leaked = {**facts["json"]["test"], **dict(list(facts["json"]["train"].items())[:1])}
     (tmp_path / "cub200" / "test.json").write_text(json.dumps(leaked))
     with pytest.raises(DataError, match="share 1 images") as err:
-        load_real(tmp_path, "cub200", SIZE)
+        load(tmp_path, "cub200")
     assert "\n" not in str(err.value)
 
 
@@ -227,7 +235,7 @@ def test_json_with_a_non_integer_class_id_is_a_data_error(tmp_path) -> None:
     vf.write_cub(tmp_path, vpt_json=True)
     (tmp_path / "cub200" / "test.json").write_text('{"001.Black_footed_Albatross/x.jpg": "bird"}')
     with pytest.raises(DataError, match=r"test\.json.*integer class id"):
-        load_real(tmp_path, "cub200", SIZE)
+        load(tmp_path, "cub200")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,12 +244,12 @@ def test_json_with_a_non_integer_class_id_is_a_data_error(tmp_path) -> None:
 
 def test_image_folder_tree_is_the_fallback(tmp_path) -> None:
     facts = vf.write_image_folder(tmp_path, "cub200")
-    data = load_real(tmp_path, "cub200", SIZE)
+    data = load(tmp_path, "cub200")
     assert data.classnames == facts["classes"]
     assert (len(data.train), len(data.test)) == (facts["sizes"]["train"], facts["sizes"]["test"])
     _assert_colour(data.train, len(data.train) - 1)
     vf.write_image_folder(tmp_path, "my_dataset", ("x", "y"))  # names outside the VP list: folders only
-    assert load_real(tmp_path, "my_dataset", SIZE).classnames == ["x", "y"]
+    assert load(tmp_path, "my_dataset").classnames == ["x", "y"]
     assert check_layout(tmp_path, ["cub200"]) == [("cub200", True, f"found ImageFolder tree {tmp_path / 'cub200'}")]
 
 
@@ -268,7 +276,7 @@ def test_a_missing_file_is_one_line_naming_it_and_the_layout(tmp_path, name, rel
     (tmp_path / rel).unlink()
     before = _files(tmp_path)
     with pytest.raises(DataError) as err:
-        load_real(tmp_path, name, SIZE)
+        load(tmp_path, name)
     message = err.value.one_line()
     assert str(err.value) == message and "\n" not in message
     assert str(tmp_path / rel) in message and "expected <data_root>/" in message
@@ -285,7 +293,7 @@ def test_incomplete_vpt_json_folder_names_the_missing_part(tmp_path, name, rel) 
     else:
         target.unlink()
     with pytest.raises(DataError, match=str(target)):
-        load_real(tmp_path, name, SIZE)
+        load(tmp_path, name)
 
 
 def test_a_listed_image_that_is_missing_is_named(tmp_path) -> None:
@@ -293,15 +301,15 @@ def test_a_listed_image_that_is_missing_is_named(tmp_path) -> None:
     image = tmp_path / "cub200" / "images" / facts["paths"]["test"][-1]
     image.unlink()
     with pytest.raises(DataError, match="images.txt") as err:
-        load_real(tmp_path, "cub200", SIZE)
+        load(tmp_path, "cub200")
     assert str(image) in str(err.value)
 
 
 def test_empty_or_missing_data_root(tmp_path) -> None:
     with pytest.raises(DataError, match=f"{tmp_path / 'cub200'} is missing"):
-        load_real(tmp_path, "cub200", SIZE)
+        load(tmp_path, "cub200")
     with pytest.raises(DataError, match="data_root"):
-        load_real(tmp_path / "nowhere", "cub200", SIZE)
+        load(tmp_path / "nowhere", "cub200")
     assert not (tmp_path / "nowhere").exists() and not list(tmp_path.iterdir())
 
 
@@ -320,8 +328,9 @@ def test_check_layout_reports_each_dataset(official, tmp_path) -> None:
 
 
 def test_vp_preset_runs_on_a_cub_fixture(tmp_path) -> None:
-    """vp/otlm_vitb22k_cub200 with a tiny in21k ViT: the real CUB layout reaches the label mapping."""
-    vf.write_cub(tmp_path / "data")
+    """vp/otlm_vitb22k_cub200 with a tiny in21k ViT: CUB with VPT's json splits reaches the label
+    mapping, and the reported epoch is chosen on val.json."""
+    facts = vf.write_cub(tmp_path / "data", vpt_json=True)
     torch.manual_seed(0)
     weights = tmp_path / "vit.safetensors"
     save_tensors(weights, load_classifier("madapt-tiny-vit-in21k").model.state_dict())
@@ -329,10 +338,12 @@ def test_vp_preset_runs_on_a_cub_fixture(tmp_path) -> None:
             "train.epochs=1", "train.batch_size=8", "train.num_workers=0", "eval_batch_size=16", "prompt.pad=4"]
     results = run_experiment("vp/otlm_vitb22k_cub200", args, tmp_path / "run", False,
                              Console(file=io.StringIO(), width=120))
-    assert results["classnames"][0] == "Black footed Albatross" and results["train_images"] == 12
+    assert results["classnames"][0] == "Black footed Albatross"
+    assert results["train_images"] == len(facts["json"]["train"]) and results["val_images"] == len(facts["json"]["val"])
     otlm = results["variants"]["otlm"]
     assert len(set(otlm["mapping"])) == 4 and max(otlm["mapping"]) < 21843
     assert 0.0 <= otlm["accuracy"] <= 100.0 and len(otlm["history"]) == 1
+    assert otlm["selection"] == "best_val" and "val_accuracy" in otlm["history"][0]
     assert "Black footed Albatross" in (tmp_path / "run" / "report.md").read_text()
     assert np.isfinite(otlm["history"][0]["loss"])
 
@@ -343,11 +354,42 @@ def test_cli_data_check_vp(official, tmp_path) -> None:
     import sys
 
     root, _ = official
-    env = {**os.environ, "PYTHONPATH": str(Path(vp_real.__file__).resolve().parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(Path(madapt.__file__).resolve().parents[1])}
     cmd = [sys.executable, "-m", "madapt.cli", "data", "check"]
-    ok = subprocess.run([*cmd, "vp", "--root", str(root)], env=env, capture_output=True, text=True)
+    ok = subprocess.run([*cmd, "vp", "--root", str(root)], env=env, capture_output=True, text=True, check=False)
     assert ok.returncode == 0 and f"ok      cub200: found official layout in {root / 'cub200'}" in ok.stdout
-    missing = subprocess.run([*cmd, "vp", "--root", str(tmp_path)], env=env, capture_output=True, text=True)
+    missing = subprocess.run([*cmd, "vp", "--root", str(tmp_path)], env=env, capture_output=True, text=True, check=False)
     assert missing.returncode == 1 and "MISSING cub200" in missing.stdout
-    bad = subprocess.run([*cmd, "vpp", "--root", str(root)], env=env, capture_output=True, text=True)
+    bad = subprocess.run([*cmd, "vpp", "--root", str(root)], env=env, capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "'vp'" in bad.stderr
+
+
+def test_validation_splits_are_the_official_ones_or_table_6_2_hold_outs(official, vpt, monkeypatch,
+                                                                        tmp_path) -> None:
+    """DTD val1 / Flowers valid / VPT val.json when the layout has one; else a stratified hold-out."""
+    root, facts = official
+    flowers = load_real(root, "flowers102", TF)
+    valid_ids = list(range(2, 31, 3))  # the fixture's setid.mat 'valid' ids (1-based)
+    assert _labels(flowers.val) == [facts["flowers102"]["labels"][i - 1] for i in valid_ids]
+    fixtures.write_dtd(tmp_path)
+    labels = tmp_path / "dtd" / "dtd" / "labels"
+    assert load_real(tmp_path, "dtd", TF).val is None  # no val1.txt: no validation split, nothing invented
+    (labels / "val1.txt").write_text((labels / "train1.txt").read_text())
+    dtd = load_real(tmp_path, "dtd", TF)
+    assert len(dtd.val) == 47 and _labels(dtd.val) == _labels(dtd.train)
+    vroot, vfacts = vpt
+    cub = load_real(vroot, "cub200", TF)
+    assert len(cub.train) == len(vfacts["cub200"]["json"]["train"]) and len(cub.val) == len(vfacts["cub200"]["json"]["val"])
+    monkeypatch.setitem(vp_real.VAL_HOLDOUT, "cifar10", 5)
+    whole = load(root, "cifar10")
+    held = load_real(root, "cifar10", TF)
+    assert (len(held.train), len(held.val)) == (len(whole.train) - 5, 5)
+    assert sorted(held.train.indices + held.val.indices) == list(range(len(whole.train)))
+    assert _labels(held.val) == [whole.train.targets[i] for i in held.val.indices]  # labels travel along
+    again = load_real(root, "cifar10", TF)
+    assert again.val.indices == held.val.indices  # fixed seed: every run and mapper, the same split
+    _assert_colour(held.val, 0)
+    assert load(root, "cifar10").val is None  # holdout_val=False: the official training set
+    with pytest.raises(DataError, match="more than the"):
+        monkeypatch.setitem(vp_real.VAL_HOLDOUT, "cifar10", 10_000)
+        load_real(root, "cifar10", TF)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -80,7 +82,7 @@ def test_streaming_in_uneven_batches_equals_in_memory(dtype):
     # flush_rows=10 forces many float32 -> float64 flushes along the way.
     acc = CostAccumulator(9, 4, flush_rows=10)
     bounds = [0, 1, 8, 9, 50, 51, 200, 257]
-    for start, stop in zip(bounds[:-1], bounds[1:]):
+    for start, stop in itertools.pairwise(bounds):
         acc.update(probs[start:stop], labels[start:stop])
     streamed = acc.stats()
     assert streamed.n_samples == reference.n_samples == 257

@@ -10,7 +10,7 @@ import torch
 
 from madapt import registry
 from madapt.errors import ConfigError, DataError
-from madapt.labelmap import FLM, ILM, OTLM, CostAccumulator, HardCoded, RandomMap
+from madapt.labelmap import FLM, ILM, OTLM, CostAccumulator, HardCoded, Identity, RandomMap, mapper_config
 
 
 def random_probs(n: int, n_source: int, n_target: int, seed: int):
@@ -180,13 +180,62 @@ def test_bad_inputs_are_data_errors():
         OTLM().transform(torch.randn(4, 6))
 
 
-def test_bad_options_are_config_errors():
+def test_bad_options_are_config_errors_naming_the_closest_option():
     with pytest.raises(ConfigError, match="did you mean 'frequency'"):
         OTLM(cost="frequncy")
-    with pytest.raises(ConfigError, match="one of: lsa, greedy, emd, partial"):
+    with pytest.raises(ConfigError, match="'lsa', 'greedy', 'emd' or 'partial'"):
         OTLM(solver="hungarian")
     with pytest.raises(ConfigError, match="mapping_interval"):
         ILM(mapping_interval=0)
+    with pytest.raises(ConfigError, match=r"variants\.0\.options\.solvr.*did you mean 'solver'"):
+        mapper_config("otlm", {"solvr": "lsa"}, "variants.0.options")
+    with pytest.raises(ConfigError, match="options: sources_per_class"):
+        mapper_config("flm", {"solver": "lsa"}, "variants.0.options")  # FLM's solver is fixed
+    config = mapper_config("otlm", {"solver": "greedy"}, "here")
+    assert mapper_config("otlm", config, "here") is config  # validated once, passed on as is
+    assert OTLM(config).solver == "greedy"
+    with pytest.raises(ConfigError, match="both"):
+        OTLM(config, cost="ot")
+
+
+def test_random_map_draws_from_the_run_seed_unless_its_config_fixes_one():
+    a = RandomMap(run_seed=4).fit_shape(50, 5).mapping_
+    np.testing.assert_array_equal(a, RandomMap(run_seed=4).fit_shape(50, 5).mapping_)
+    assert not np.array_equal(a, RandomMap(run_seed=5).fit_shape(50, 5).mapping_)
+    fixed = [RandomMap(seed=9, run_seed=r).fit_shape(50, 5).mapping_ for r in (4, 5)]
+    np.testing.assert_array_equal(*fixed)
+
+
+def test_identity_passes_logits_through_and_needs_a_head_per_target():
+    mapper = Identity().fit_shape(4, 4)
+    logits = torch.randn(3, 4)
+    assert mapper.transform(logits) is logits and mapper.describe(["a"] * 4) == {}
+    with pytest.raises(ConfigError, match="one output per target class"):
+        Identity().fit_shape(5, 4)
+
+
+@pytest.mark.parametrize("mapper_cls", [FLM, OTLM])
+def test_several_sources_per_class_average_their_logits(mapper_cls):
+    probs, labels = random_probs(200, 30, 4, seed=21)
+    mapper = mapper_cls(sources_per_class=3).fit(probs, labels)
+    assert mapper.mapping_.shape == (4, 3) and len(set(mapper.mapping_.ravel().tolist())) == 12
+    logits = torch.randn(5, 30)
+    expected = torch.stack([logits[:, row].mean(1) for row in torch.as_tensor(mapper.mapping_)], dim=1)
+    torch.testing.assert_close(mapper.transform(logits), expected)
+    assert len(mapper.describe([f"s{i}" for i in range(30)])["mapped_names"][0].split(" + ")) == 3
+    with pytest.raises(ConfigError, match="n_target \\* sources_per_class"):
+        mapper_cls(sources_per_class=8).fit(probs, labels)
+
+
+def test_multi_source_otlm_is_the_brute_force_optimum():
+    probs, labels = random_probs(60, 6, 2, seed=22)
+    cost = naive_cost(probs, labels, 2)
+    best = min((p for p in itertools.permutations(range(6), 4) if p[0] < p[1] and p[2] < p[3]),
+               key=lambda p: cost[p[0], 0] + cost[p[1], 0] + cost[p[2], 1] + cost[p[3], 1])
+    mapper = OTLM(sources_per_class=2).fit(probs, labels)
+    assert {frozenset(row) for row in mapper.mapping_.tolist()} == {frozenset(best[:2]), frozenset(best[2:])}
+    assert mapper.mapping_cost_ == pytest.approx(cost[best[0], 0] + cost[best[1], 0] + cost[best[2], 1]
+                                                 + cost[best[3], 1], abs=1e-12)
 
 
 def test_accumulator_from_a_mapper_gathers_what_it_needs():

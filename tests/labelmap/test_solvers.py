@@ -20,7 +20,7 @@ def brute_force_best(cost: np.ndarray) -> tuple[float, tuple[int, ...]]:
 def ilmvp_greedy(cost: np.ndarray) -> np.ndarray:
     """ILM-VP's loop literally: argmax of the flattened score, then drop its row and column."""
     score = (cost.max() - cost).astype(np.float64)
-    n_source, n_target = cost.shape
+    n_target = cost.shape[1]
     mapping = np.empty(n_target, dtype=np.int64)
     for _ in range(n_target):
         row, col = divmod(int(score.argmax()), n_target)  # np.argmax keeps the first maximum
@@ -99,3 +99,32 @@ def test_non_finite_cost_is_a_data_error():
 def test_unknown_solver_names_the_closest():
     with pytest.raises(ConfigError, match="did you mean 'greedy'"):
         solve(np.zeros((3, 2)), "gready")
+
+
+def ilmvp_multi_greedy(cost: np.ndarray, k: int) -> np.ndarray:
+    """ILM-VP's loop with ``mlm_num = k``: a column is dropped once it holds k pairs."""
+    score = (cost.max() - cost).astype(np.float64)
+    n_target = cost.shape[1]
+    picked: list[list[int]] = [[] for _ in range(n_target)]
+    for _ in range(n_target * k):
+        row, col = divmod(int(score.argmax()), n_target)
+        picked[col].append(row)
+        score[row, :] = -1
+        if len(picked[col]) == k:
+            score[:, col] = -1
+    return np.array(picked)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_multi_source_greedy_equals_the_ilmvp_mlm_loop(seed):
+    cost = np.random.default_rng(300 + seed).integers(0, 4, size=(20, 4)).astype(float)  # many ties
+    np.testing.assert_array_equal(solve(cost, "greedy", per_target=3), ilmvp_multi_greedy(cost, 3))
+
+
+@pytest.mark.parametrize("solver", ["emd", "partial"])
+def test_multi_source_pot_solvers_reach_the_lsa_cost(solver):
+    cost = np.random.default_rng(7).random((30, 5))
+    reference = solve(cost, "lsa", per_target=3)
+    mapping = solve(cost, solver, per_target=3)
+    assert mapping.shape == (5, 3) and len(set(mapping.ravel().tolist())) == 15
+    assert mapping_cost(cost, mapping) == pytest.approx(mapping_cost(cost, reference), abs=1e-9)

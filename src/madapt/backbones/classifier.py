@@ -15,15 +15,21 @@ label-mapping run on a random head. Here a head of another size is a `WeightsErr
 sizes, unless the caller asks for ``new_head=True`` (then one logged line says it is new).
 
 Tiny variants build the same timm classes at small widths so tests run the real code paths.
+``micro-source`` is the bundled micro source classifier of the offline VP benchmark (a timm ResNet
+at 32 px over the 116 classes of `madapt.data.vp.SOURCE_CLASSES`, made by
+``scripts/pretrain_micro_source.py``).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import re
 from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -46,20 +52,20 @@ CLASSIFIERS: dict[str, tuple[str, dict[str, Any], int | None]] = {
     "convnext_base": ("convnext_base", {}, None),
     "madapt-tiny-vit-in21k": (
         "vit_base_patch16_224.augreg_in21k",
-        dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2), 32,
+        {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}, 32,
     ),
     "madapt-tiny-vit": (
         "vit_base_patch16_224.augreg_in1k",
-        dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2), 32,
+        {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}, 32,
     ),
     "madapt-tiny-swin": (
         "swin_base_patch4_window7_224",
-        dict(img_size=32, embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=4), 32,
+        {"img_size": 32, "embed_dim": 16, "depths": (1, 1), "num_heads": (1, 2), "window_size": 4}, 32,
     ),
     "madapt-tiny-resnet50": (
-        "resnet50", dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), stem_width=8), 32,
+        "resnet50", {"layers": (1, 1, 1, 1), "channels": (8, 16, 32, 64), "stem_width": 8}, 32,
     ),
-    "madapt-tiny-convnext": ("convnext_base", dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128)), 32),
+    "madapt-tiny-convnext": ("convnext_base", {"depths": (1, 1, 1, 1), "dims": (16, 32, 64, 128)}, 32),
 }
 
 
@@ -73,6 +79,7 @@ class ClassifierBackbone:
     input_size: tuple[int, int, int]
     num_classes: int
     data_config: dict[str, Any]
+    classnames: list[str] | None = None  # source class names when the weights come with them
 
 
 def load_classifier(name: str, weights: str | os.PathLike[str] | None = None, *, new_head: bool = False,
@@ -97,9 +104,8 @@ def load_classifier(name: str, weights: str | os.PathLike[str] | None = None, *,
         model = _create_from_file(timm_name, name, file, kwargs, new_head)
     model.eval()
 
-    img_size = kwargs.get("img_size", side)
-    overrides = {"input_size": (3, *_pair(img_size))} if img_size is not None else {}
-    data_config = resolve_data_config(overrides, model=model)
+    data_config = resolve_data_config(_size_override(kwargs.get("img_size", side)), model=model,
+                                      use_test_size=True)
     return ClassifierBackbone(
         model=model,
         mean=tuple(data_config["mean"]),
@@ -108,6 +114,21 @@ def load_classifier(name: str, weights: str | os.PathLike[str] | None = None, *,
         num_classes=int(model.num_classes),
         data_config=data_config,
     )
+
+
+def _size_override(img_size: int | tuple[int, int] | None) -> dict[str, Any]:
+    return {"input_size": (3, *_pair(img_size))} if img_size is not None else {}
+
+
+def eval_data_config(name: str) -> dict[str, Any]:
+    """timm's *evaluation* data config of classifier ``name`` (input size, mean/std, crop), read from
+    its pretrained config without building the model. ``use_test_size``: timm's ResNet-50
+    ``tv2_in1k`` trains at 176 px but is evaluated at 224, and a frozen source model is only ever
+    evaluated, so prompts are sized to the test input (224 for every backbone of Table 6.1)."""
+    timm_name, kwargs, side = _resolve(name)
+    pretrained = timm.models.get_pretrained_cfg(timm_name).to_dict()
+    return resolve_data_config(_size_override(kwargs.get("img_size", side)), pretrained_cfg=pretrained,
+                               use_test_size=True)
 
 
 def _resolve(name: str) -> tuple[str, dict[str, Any], int | None]:
@@ -137,10 +158,10 @@ def _create_from_file(timm_name: str, name: str, file: Any, kwargs: dict[str, An
         overlay["num_classes"] = kwargs["num_classes"]
     try:
         return timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-    except Exception as load_err:  # safetensors, zip, unpickling and key errors share no base class
+    except Exception as load_err:  # noqa: BLE001  (safetensors, zip, unpickling and key errors share no base)
         try:
             load_state_dict(str(file))  # failure path only: tells an unreadable file from a wrong one
-        except Exception as read_err:
+        except Exception as read_err:  # noqa: BLE001  (any failure to read means unreadable)
             raise unreadable(file, where, read_err) from None
         in_file = _head_only_mismatch(load_err, timm_name)
         if in_file is None:
@@ -192,6 +213,35 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     model.requires_grad_(False)
     model.eval()
     return model
+
+
+def micro_source_dir() -> Path:
+    return Path(str(files("madapt").joinpath("assets", "micro_source")))
+
+
+@register("backbone", "micro-source")
+def load_micro_source(weights: str | None = None) -> ClassifierBackbone:
+    """The micro source classifier (a timm ResNet at 32 px, 116 classes) with bundled weights.
+
+    ``weights`` overrides the bundled safetensors file. The backbone's ``classnames`` attribute
+    lists the source classes.
+    """
+    from madapt.runs import load_tensors
+
+    folder = micro_source_dir()
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    path = Path(weights) if weights else folder / "weights.safetensors"
+    # Built empty and filled strictly: timm's pretrained loader would drop a 116-way head as a
+    # mismatch with the preset's 1000 classes.
+    backbone = load_classifier(config["preset"], **config["timm_kwargs"])
+    try:
+        backbone.model.load_state_dict(load_tensors(path))
+    except RuntimeError as err:
+        raise WeightsError(f"weights of backbone micro-source '{path}'", "do not match the architecture: "
+                           + str(err).splitlines()[0][:160], "a checkpoint written by "
+                           "scripts/pretrain_micro_source.py") from None
+    backbone.classnames = list(config["classes"])
+    return backbone
 
 
 for _name in CLASSIFIERS:

@@ -11,19 +11,19 @@ never saw, through an input prompt and a source→target label mapping:
 - ``textures``: the 6 background textures at new scales and angles (6 classes).
 
 Images are uint8 (N, 32, 32, 3) arrays, deterministic in (name, split, size, seed); rendering
-reuses the painters of `madapt.data.synthetic`. Real datasets (seed Table 6.2) are read in their
-standard on-disk layouts by `madapt.data.vp_real.load_real`; `load_folder` here is its fallback, an
-ImageFolder tree ``data_root/<name>/{train,test}/<class>/*`` (e.g. splits exported to folders).
-Both resize with `resize_to_tensor`. The module also registers the bundled source classifier as
-backbone ``micro-source``.
+reuses the painters of `madapt.data.synthetic`; train, val and test come from disjoint random
+streams. Real datasets (seed Table 6.2) are read in their standard on-disk layouts by
+`madapt.data.vp_real.load_real`; `load_folder` here is its fallback, an ImageFolder tree
+``data_root/<name>/{train,test[,val]}/<class>/*`` (e.g. splits exported to folders). Both turn PIL
+images into tensors with `image_transform` (the prompt's own resize, see there); `holdout` carves
+a stratified validation split out of a training set that has none (Table 6.2's 40k + 10k CIFAR). The bundled source classifier trained on `SOURCE_CLASSES`
+is backbone ``micro-source`` (`madapt.backbones.classifier.load_micro_source`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ from torch.utils.data import Dataset
 
 from madapt.data import synthetic as syn
 from madapt.errors import DataError, UnknownNameError, closest
-from madapt.registry import register
 
 SOURCE_CLASSES: tuple[str, ...] = (
     *(f"{c} {s}" for s in syn.SHAPES for c in syn.COLOURS),
@@ -47,9 +46,9 @@ MICRO_TARGETS: dict[str, tuple[str, ...]] = {
     "shapes": syn.SHAPES,
     "textures": tuple(syn.TEXTURES),
 }
-_SPLITS = ("train", "test")
+_SPLITS = ("train", "test", "val")  # the index of a split keys its random stream
 # sklearn digit writers: the train split never shares an image with the test split
-_DIGIT_RANGES = {"train": (0, 1200), "test": (1200, 1797)}
+_DIGIT_RANGES = {"train": (0, 1200), "val": (0, 1200), "test": (1200, 1797)}
 
 
 def _source_image(p: Any, rng: np.random.Generator, label: int) -> np.ndarray:
@@ -107,7 +106,7 @@ def micro_split(name: str, split: str, per_class: int, seed: int = 0) -> tuple[n
 
 def _check_split(where: str, split: str, per_class: int) -> None:
     if split not in _SPLITS:
-        raise DataError(where, f"split '{split}'", "'train' or 'test'")
+        raise DataError(where, f"split '{split}'", "'train', 'val' or 'test'")
     if per_class < 1:
         raise DataError(where, f"per_class={per_class}", "at least one image per class")
 
@@ -132,42 +131,66 @@ class ImageArray(Dataset):
 
 @dataclass
 class TargetData:
-    """A downstream task: class names and the train/test datasets of [0, 1] images."""
+    """A downstream task: class names and the train/test (and validation) datasets of [0, 1] images."""
 
     name: str
     classnames: list[str]
     train: Dataset
     test: Dataset
+    val: Dataset | None = None  # selects the reported epoch (best validation accuracy); never test
 
     @property
     def train_labels(self) -> np.ndarray:
         return np.asarray(self.train.targets, dtype=np.int64)
 
 
-def load_micro(name: str, train_per_class: int, test_per_class: int, seed: int = 0) -> TargetData:
-    """Micro target ``name`` with the given images per class."""
+def load_micro(name: str, train_per_class: int, test_per_class: int, seed: int = 0,
+               val_per_class: int = 0) -> TargetData:
+    """Micro target ``name`` with the given images per class (no validation split when 0)."""
     train = ImageArray(*micro_split(name, "train", train_per_class, seed))
     test = ImageArray(*micro_split(name, "test", test_per_class, seed))
-    return TargetData(name, list(MICRO_TARGETS[name]), train, test)
+    val = ImageArray(*micro_split(name, "val", val_per_class, seed)) if val_per_class else None
+    return TargetData(name, list(MICRO_TARGETS[name]), train, test, val)
 
 
-def resize_to_tensor(image_size: int) -> Callable[[Any], torch.Tensor]:
-    """PIL image -> float (3, image_size, image_size) in [0, 1], for every real target dataset.
+# Bahng et al. resize to 256 and centre-crop 224: the crop keeps 87.5 % of the shorter side.
+BAHNG_CROP = 224 / 256
 
-    A plain resize to the backbone's input side, no crop or augmentation: the prompt adds the
-    backbone's normalisation (Bahng et al. add the prompt in normalised space, anchors §2), and a
-    deterministic transform keeps the extra mapping pass of ILM / OTLM comparable across epochs.
+
+class _Resize:
+    """Resize a PIL image to ``size`` × ``size`` unless it already is (CIFAR and SVHN stay native,
+    as ILM-VP's ToTensor-only pipeline keeps them). A class so DataLoader workers can pickle it."""
+
+    def __init__(self, size: int) -> None:
+        from torchvision import transforms
+
+        self.size, self.resize = size, transforms.Resize((size, size))
+
+    def __call__(self, image: Any) -> Any:
+        return image if tuple(image.size) == (self.size, self.size) else self.resize(image)
+
+
+def image_transform(image_size: int, center_crop: bool) -> Callable[[Any], torch.Tensor]:
+    """PIL image -> float (3, image_size, image_size) in [0, 1], the one resize of each recipe.
+
+    ``center_crop``: Bahng et al.'s ``Resize(256)`` (shorter side) + ``CenterCrop(224)``, scaled to
+    ``image_size`` (VPT evaluates the same way); else ILM-VP's ``Resize((s, s))`` to the prompt's
+    image side. Normalising is the prompt's job; no augmentation, as in both recipes, which also
+    keeps the extra mapping pass of ILM / OTLM deterministic.
     """
     from torchvision import transforms
 
-    return transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor()])
+    if center_crop:
+        resize = transforms.Resize(round(image_size / BAHNG_CROP))
+        return transforms.Compose([resize, transforms.CenterCrop(image_size), transforms.ToTensor()])
+    return transforms.Compose([_Resize(image_size), transforms.ToTensor()])
 
 
-def load_folder(data_root: str | Path, name: str, image_size: int) -> TargetData:
-    """ImageFolder dataset ``data_root/<name>/{train,test}/<class>/*``, resized to ``image_size``."""
+def load_folder(data_root: str | Path, name: str, transform: Callable[[Any], Any]) -> TargetData:
+    """ImageFolder dataset ``data_root/<name>/{train,test[,val]}/<class>/*`` through ``transform``."""
     from torchvision import datasets
 
-    layout = f"{data_root}/{name}/{{train,test}}/<class>/<image>"
+    layout = f"{data_root}/{name}/{{train,test}}/<class>/<image> (optionally val/ too)"
     root = Path(data_root) / name
     if not Path(data_root).is_dir():
         raise DataError(f"data_root '{data_root}'", "does not exist", f"a folder laid out as {layout}")
@@ -175,19 +198,43 @@ def load_folder(data_root: str | Path, name: str, image_size: int) -> TargetData
     for split in _SPLITS:
         folder = root / split
         classes = sorted(d.name for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
+        if not classes and split == "val":
+            continue
         if not classes:
             raise DataError(f"dataset '{name}' split '{split}'", f"no class folders in {folder}",
                             f"the layout {layout}")
-        tf = resize_to_tensor(image_size)
         try:
-            splits[split] = datasets.ImageFolder(str(folder), transform=tf)  # its loader converts to RGB
+            splits[split] = datasets.ImageFolder(str(folder), transform=transform)  # loader converts to RGB
         except (FileNotFoundError, RuntimeError) as err:
             raise DataError(f"dataset '{name}' split '{split}'", str(err).splitlines()[0][:120],
                             f"images in the layout {layout}") from None
-    if splits["train"].classes != splits["test"].classes:
-        raise DataError(f"dataset '{name}'", "train and test have different class folders",
-                        "the same class folder names in train/ and test/")
-    return TargetData(name, list(splits["train"].classes), splits["train"], splits["test"])
+        if splits[split].classes != splits["train"].classes:
+            raise DataError(f"dataset '{name}'", f"train and {split} have different class folders",
+                            f"the same class folder names in train/ and {split}/")
+    return TargetData(name, list(splits["train"].classes), splits["train"], splits["test"], splits.get("val"))
+
+
+def holdout(data: TargetData, n_val: int, seed: int = 0) -> TargetData:
+    """``data`` with ``n_val`` training images moved to a validation split, stratified by class
+    (scikit-learn's ``train_test_split``, fixed ``seed`` so every run and mapper sees the same
+    split). Table 6.2: CIFAR's 50,000 training images become 40,000 train + 10,000 validation."""
+    from sklearn.model_selection import train_test_split
+
+    from madapt.data.mtil import LabeledDataset
+
+    labels = np.asarray(data.train.targets)
+    if not 0 < n_val < len(labels):
+        raise DataError(f"dataset '{data.name}'", f"{len(labels)} training images",
+                        f"more than the {n_val} held out for validation")
+    # stratified whenever it can be (every class with two images or more: all of Table 6.2)
+    counts = np.unique(labels, return_counts=True)[1]
+    stratify = labels if counts.min() >= 2 and n_val >= len(counts) else None
+    train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=n_val, stratify=stratify,
+                                          random_state=seed)
+    parts = [LabeledDataset(data.name, data.train, sorted(int(i) for i in idx),
+                            [int(labels[i]) for i in sorted(idx)], data.classnames)
+             for idx in (train_idx, val_idx)]
+    return TargetData(data.name, data.classnames, parts[0], data.test, parts[1])
 
 
 def subsample_per_class(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -196,43 +243,6 @@ def subsample_per_class(labels: np.ndarray, fraction: float, seed: int) -> np.nd
     keep = []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
-        k = max(1, int(round(fraction * len(idx))))
+        k = max(1, round(fraction * len(idx)))
         keep.append(np.sort(rng.choice(idx, size=k, replace=False)))
     return np.sort(np.concatenate(keep))
-
-
-# ---------------------------------------------------------------------------------------------
-# The bundled micro source classifier (made by scripts/pretrain_micro_source.py)
-
-
-def micro_source_dir() -> Path:
-    return Path(str(files("madapt").joinpath("assets", "micro_source")))
-
-
-def load_micro_source(weights: str | None = None) -> Any:
-    """The micro source classifier (a timm ResNet at 32 px, 116 classes) with bundled weights.
-
-    ``weights`` overrides the bundled safetensors file. Returns a `ClassifierBackbone` whose
-    ``classnames`` attribute lists `SOURCE_CLASSES`.
-    """
-    from madapt.backbones.classifier import load_classifier
-    from madapt.errors import WeightsError
-    from madapt.runs import load_tensors
-
-    folder = micro_source_dir()
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    path = Path(weights) if weights else folder / "weights.safetensors"
-    # Built empty and filled strictly: timm's pretrained loader would drop a 116-way head as a
-    # mismatch with the preset's 1000 classes.
-    backbone = load_classifier(config["preset"], **config["timm_kwargs"])
-    try:
-        backbone.model.load_state_dict(load_tensors(path))
-    except RuntimeError as err:
-        raise WeightsError(f"weights of backbone micro-source '{path}'", "do not match the architecture: "
-                           + str(err).splitlines()[0][:160], "a checkpoint written by "
-                           "scripts/pretrain_micro_source.py") from None
-    backbone.classnames = list(config["classes"])
-    return backbone
-
-
-register("backbone", "micro-source")(load_micro_source)

@@ -2,7 +2,8 @@
 
 - `costs`: streaming per-class statistics (`CostAccumulator`) and the OTLM / frequency costs;
 - `solvers`: cost matrix -> one-to-one mapping (exact assignment, POT, ILM-VP greedy);
-- `mappers`: `HardCoded`, `RandomMap`, `FLM`, `ILM`, `OTLM` (registered under kind "mapper").
+- `mappers`: `HardCoded`, `RandomMap`, `FLM`, `ILM`, `OTLM` (registered under kind "mapper"),
+  each with a pydantic ``Config``; `Identity` for the new-head references (not a user choice).
 """
 
 from madapt.labelmap.costs import (
@@ -14,7 +15,7 @@ from madapt.labelmap.costs import (
     ot_cost,
     ot_cost_from_sums,
 )
-from madapt.labelmap.mappers import FLM, ILM, OTLM, HardCoded, LabelMapper, RandomMap
+from madapt.labelmap.mappers import FLM, ILM, OTLM, HardCoded, Identity, LabelMapper, RandomMap, mapper_config
 from madapt.labelmap.solvers import mapping_cost, solve
 
 __all__ = [
@@ -23,12 +24,14 @@ __all__ = [
     "OTLM",
     "CostAccumulator",
     "HardCoded",
+    "Identity",
     "LabelMapper",
     "MappingStats",
     "RandomMap",
     "accumulate",
     "frequency_cost_from_counts",
     "frequency_matrix",
+    "mapper_config",
     "mapping_cost",
     "ot_cost",
     "ot_cost_from_sums",

@@ -112,6 +112,19 @@ class CostAccumulator:
             self._counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
         self.n_samples += int(labels.numel())
 
+    def all_reduce(self) -> None:
+        """Sum the statistics over the processes of torch.distributed's default group (each process
+        accumulated its share of the images; afterwards every process holds the totals)."""
+        import torch.distributed as dist
+
+        self._flush()
+        dist.all_reduce(self._total)
+        if self._counts is not None:
+            dist.all_reduce(self._counts)
+        n = torch.tensor([float(self.n_samples)], dtype=torch.float64, device=self._total.device)
+        dist.all_reduce(n)
+        self.n_samples = int(n.item())
+
     def _flush(self) -> None:
         if self._buffered_rows:
             self._total.add_(self._buffer)

@@ -4,349 +4,261 @@ Seed 000 ch. 6: the prompt h(x, θ_p) (eq. 6.1) is trained with cross-entropy on
 logits F_LM(M(h(x))) (eq. 6.2) while the backbone stays frozen. One run trains a list of
 ``variants`` side by side, each in its own sub-folder: label mappers (hardcoded = VP, random, flm,
 ilm, otlm with options) and the references ``full_finetune`` (FF) and ``linear_probe`` (LP), which
-replace the head with a new one over the target classes (§6.5.1.2).
+replace the head with a new one over the target classes (§6.5.1.2). A variant may override the
+training share (Table 6.10, Figure 6.2) or the source backbone (Figure 6.3), so one run holds a
+whole table of the thesis and its report draws the figure.
 
-Mapping refresh (ILM, OTLM): before every epoch with ``mapper.needs_refresh(epoch)`` the mapping
-is recomputed either by an extra no-grad pass over the training set with the current prompt
-(``mapping_source: extra_pass``, ILM-VP / the thesis) or from the softmax outputs the training
-forward passes of the previous epoch already computed (``train_pass``, no extra pass; the very
-first mapping always needs one pass). Each epoch is checkpointed (trainable tensors, optimizer,
-scheduler, mapping, RNG), so ``--resume`` continues where a run stopped and reproduces it.
+Options and their sources: `madapt.prompting.visual_config`; the loop (device, precision,
+validation selection, multi-process): `madapt.prompting.visual_train`; tables and figures:
+`madapt.prompting.visual_report`. Each epoch is checkpointed, so ``--resume`` continues where a
+run stopped and reproduces it. A run with a frequency mapper and OTLM makes one more no-grad pass
+with the initial prompt for Figure 6.5's class-average logits (``initial_logits.safetensors``).
 """
 
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
 from rich.console import Console
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.optim.lr_scheduler import LambdaLR
 
-from madapt.backbones.classifier import freeze
-from madapt.config import Recipe, Strict, register_recipe
+from madapt.backbones.classifier import ClassifierBackbone, freeze
+from madapt.config import Recipe, register_recipe
 from madapt.data import vp, vp_real
 from madapt.errors import ConfigError
-from madapt.labelmap import LabelMapper
-from madapt.peft import PaddingPrompt, PlainInput, build_vpt_deep, supports_vpt_deep
-from madapt.prompting import mapping_grid, report
-from madapt.registry import build, get
-from madapt.runs import Checkpointer, RunFolder, rng_state, seed_everything, set_rng_state
-from madapt.training import build_optimizer, warmup_cosine
-
-REFERENCES = ("full_finetune", "linear_probe")
-Source = Literal["extra_pass", "train_pass"]
-
-
-class DataConfig(Strict):
-    name: str = Field(..., description="micro target (digits, letters, shapes, textures) "
-                                        "or a folder under data_root")
-    data_root: str | None = Field(None, description="real data: folder holding the dataset in its standard layout "
-                                               "(`madapt data check vp`) or <name>/{train,test}/<class>/*")
-    train_per_class: int = Field(40, ge=1, description="micro: generated training images per class")
-    test_per_class: int = Field(30, ge=1, description="micro: generated test images per class")
-    image_size: int | None = Field(None, ge=8, description="real data: side images are resized to "
-                                                           "(default: the backbone input)")
-    shots_fraction: float = Field(1.0, gt=0, le=1, description="share of training images kept per class "
-                                                               "(Table 6.10: 1 ... 0.001; >= 1 per class)")
+from madapt.labelmap import Identity, LabelMapper
+from madapt.peft import ExpansivePrompt, PadPrompter, PlainInput, build_vpt_deep, supports_vpt_deep
+from madapt.prompting.visual_config import (
+    REFERENCES,
+    VariantConfig,
+    VisualPromptConfig,
+    backbone_of,
+    check_required,
+    image_side,
+)
+from madapt.prompting.visual_report import report, write_figures
+from madapt.prompting.visual_train import Learner, Plan, Runtime, class_mean_logits, train_variant
+from madapt.registry import get
+from madapt.runs import Checkpointer, RunFolder, save_tensors, seed_everything
+from madapt.training import build_optimizer, join_processes, warmup_cosine
 
 
-class PromptConfig(Strict):
-    kind: Literal["padding", "vpt_deep"] = "padding"
-    pad: int = Field(30, ge=1, description="padding prompt: border width in pixels (Bahng et al.: 30 of 224)")
-    space: Literal["normalized", "pixel"] = Field("normalized",
-                                                  description="Bahng et al. / ILM-VP parameterisation")
-    tokens: int = Field(10, ge=0, description="vpt_deep: prompt tokens per block")
+@dataclass
+class Source:
+    """A frozen source model and what the variants on it need."""
 
-
-class TrainConfig(Strict):
-    optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(..., gt=0, description="§6.5: 1e4 (ViT-B), 1e2 (ResNet-50) for VP; 0.1 for VPT")
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0)
-    epochs: int = Field(100, ge=1, description="§6.5: 100 (50 for ViT-L and ConvNeXt-B)")
-    batch_size: int = Field(128, ge=1)
-    warmup_epochs: int = Field(0, ge=0, description="linear warm-up, then cosine decay per step")
-    num_workers: int = Field(0, ge=0, description="real data: DataLoader workers")
-
-
-class VariantConfig(Strict):
-    name: str = Field(..., description="a mapper (hardcoded, random, flm, ilm, otlm) "
-                                        "or full_finetune / linear_probe")
-    label: str | None = Field(None, description="sub-folder and table name (default: name)")
-    options: dict[str, Any] = Field(default_factory=dict, description="mapper options, e.g. {solver: greedy}")
-    mapping_source: Source | None = Field(None, description="overrides the top-level mapping_source")
-    lr: float | None = Field(None, gt=0)
-    optimizer: Literal["sgd", "adamw"] | None = None
-    weight_decay: float | None = Field(None, ge=0)
-
-    @property
-    def tag(self) -> str:
-        return self.label or self.name
-
-
-class VisualPromptConfig(Strict):
-    kind: Literal["visual_prompt"]
-    seed: int = 0
-    backbone: str = Field("micro-source", description="a name from `madapt list backbones`")
-    weights: str | None = Field(None, description="local weights file (required for real backbones)")
-    data: DataConfig
-    prompt: PromptConfig = PromptConfig()
-    mapping_source: Source = "extra_pass"
-    train: TrainConfig
-    eval_batch_size: int = Field(256, ge=1)
-    variants: list[VariantConfig] = Field(..., min_length=1)
-
-    @field_validator("variants", mode="before")
-    @classmethod
-    def _names_as_variants(cls, value: Any) -> Any:
-        return [{"name": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
-
-    @model_validator(mode="after")
-    def _check(self) -> VisualPromptConfig:
-        tags = [v.tag for v in self.variants]
-        for i, v in enumerate(self.variants):
-            if tags.count(v.tag) > 1:
-                raise ConfigError(f"variants.{i}.label", f"'{v.tag}' is used twice",
-                                  "a unique label per variant")
-            if v.name in REFERENCES:
-                if v.options:
-                    raise ConfigError(f"variants.{i}.options", f"given for {v.name}",
-                                      "no options (FF/LP take lr/optimizer)")
-                continue
-            try:
-                build("mapper", v.name, **v.options)  # unknown name -> UnknownNameError with a suggestion
-            except TypeError as err:
-                raise ConfigError(f"variants.{i}.options", str(err),
-                                  f"options accepted by mapper '{v.name}'") from None
-        return self
-
-
-def check_required(cfg: VisualPromptConfig) -> None:
-    """Real presets leave ``weights`` and ``data.data_root`` empty: they must be given to run."""
-    if cfg.data.name not in vp.MICRO_TARGETS and cfg.data.data_root is None:
-        raise ConfigError("data.data_root", f"is missing for dataset '{cfg.data.name}'",
-                          "a folder holding the dataset (see `madapt data check vp`) (or a micro dataset: "
-                          + ", ".join(vp.MICRO_TARGETS) + ")")
-    if cfg.backbone != "micro-source" and cfg.weights is None:
-        raise ConfigError("weights", f"is missing for backbone '{cfg.backbone}'",
-                          "a local weights file (weights=PATH); nothing is downloaded")
+    backbone: ClassifierBackbone
+    state: dict[str, torch.Tensor]  # pristine weights, restored for every variant
+    names: list[str]  # source class names (reports)
 
 
 @dataclass
 class Prepared:
-    backbone: Any  # ClassifierBackbone
-    state: dict[str, torch.Tensor]  # pristine backbone weights, restored for every variant
+    sources: dict[str, Source]  # by backbone name
     data: vp.TargetData
-    train_index: np.ndarray  # the (sub)sampled training images
-    source_names: list[str]
+    image_side: int
 
 
-def source_names(backbone: Any) -> list[str]:
-    names = getattr(backbone, "classnames", None)
-    if names:
-        return list(names)
+def source_names(backbone: ClassifierBackbone) -> list[str]:
+    if backbone.classnames:
+        return list(backbone.classnames)
     try:
         from timm.data import ImageNetInfo, infer_imagenet_subset
 
         info = ImageNetInfo(infer_imagenet_subset(backbone.model))
         if info.num_classes() == backbone.num_classes:
             return [info.index_to_description(i).split(",")[0] for i in range(backbone.num_classes)]
-    except Exception:  # no bundled label info for this model: plain indices are fine
+    except Exception:  # noqa: BLE001, S110  (no bundled label info for this model: plain indices are fine)
         pass
     return [f"class {i}" for i in range(backbone.num_classes)]
 
 
 def prepare(cfg: VisualPromptConfig) -> Prepared:
-    """Backbone, data and subsample: every user-input error surfaces here, before any write."""
+    """Backbones and data: every user-input error surfaces here, before any write."""
     check_required(cfg)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "'cuda' but torch sees no CUDA device", "device=auto or device=cpu")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    backbone = get("backbone", cfg.backbone)(cfg.weights)
-    side = backbone.input_size[-1]
+    sources: dict[str, Source] = {}
+    for v in cfg.variants:
+        name, weights = backbone_of(cfg, v)
+        if name not in sources:
+            b = get("backbone", name)(weights)
+            sources[name] = Source(b, {k: t.detach().clone() for k, t in b.model.state_dict().items()},
+                                   source_names(b))
+    sides = {n: s.backbone.input_size[1:] for n, s in sources.items()}
+    if len(set(sides.values())) > 1:
+        raise ConfigError("sources", f"input sizes {sides}", "source models sharing one input size")
+    input_side = next(iter(sides.values()))[-1]
+    side = image_side(cfg, input_side)
     if cfg.data.name in vp.MICRO_TARGETS and cfg.data.data_root is None:
-        data = vp.load_micro(cfg.data.name, cfg.data.train_per_class, cfg.data.test_per_class, cfg.seed)
+        d = cfg.data
+        data = vp.load_micro(d.name, d.train_per_class, d.test_per_class, cfg.seed, d.val_per_class)
     else:
         # standard layouts (torchvision, VPT json, official FGVC files), else the ImageFolder tree
-        data = vp_real.load_real(cfg.data.data_root, cfg.data.name, cfg.data.image_size or side)
-    n_target = len(data.classnames)
-    if any(v.name not in REFERENCES for v in cfg.variants) and n_target > backbone.num_classes:
-        raise ConfigError(f"data.name '{cfg.data.name}'",
-                          f"has {n_target} classes but backbone '{cfg.backbone}' only {backbone.num_classes}",
-                          "n_target <= n_source for one-to-one label mapping")
-    if cfg.prompt.kind == "padding":
-        PaddingPrompt(backbone.input_size[1:], backbone.mean, backbone.std, cfg.prompt.pad)  # checks pad
-    elif not supports_vpt_deep(backbone.model):
-        raise ConfigError("prompt.kind",
-                          f"vpt_deep with backbone '{cfg.backbone}' ({type(backbone.model).__name__})",
-                          "a timm VisionTransformer or SwinTransformer backbone for VPT-deep, "
-                          "or prompt.kind padding")
-    index = vp.subsample_per_class(data.train_labels, cfg.data.shots_fraction, cfg.seed)
-    state = {k: v.detach().clone() for k, v in backbone.model.state_dict().items()}
-    return Prepared(backbone, state, data, index, source_names(backbone))
+        transform = vp.image_transform(side, center_crop=cfg.prompt.kind != "expansive")
+        data = vp_real.load_real(cfg.data.data_root, cfg.data.name, transform, cfg.data.holdout)
+    prepared = Prepared(sources, data, side)
+    for i, v in enumerate(cfg.variants):
+        _check_variant(cfg, prepared, v, i)
+    return prepared
 
 
-class Learner(nn.Module):
-    """input adapter (prompt or plain resize) -> network; keeps a frozen network in eval mode."""
+def _check_variant(cfg: VisualPromptConfig, prepared: Prepared, variant: VariantConfig, i: int) -> None:
+    name = backbone_of(cfg, variant)[0]
+    b = prepared.sources[name].backbone
+    n_target = len(prepared.data.classnames)
+    if variant.name not in REFERENCES:
+        k = getattr(variant.options, "sources_per_class", 1)
+        if n_target * k > b.num_classes:
+            raise ConfigError(f"data.name '{cfg.data.name}' (variants.{i})",
+                              f"has {n_target} classes x {k} sources but backbone '{name}' has {b.num_classes}",
+                              "n_target * sources_per_class <= n_source for label mapping")
+        build_adapter(cfg, b, prepared.image_side)  # a bad pad / image size fails here
+    if cfg.prompt.kind == "vpt_deep" and not supports_vpt_deep(b.model):
+        raise ConfigError("prompt.kind", f"vpt_deep with backbone '{name}' "
+                          f"({type(b.model).__name__})", "a timm VisionTransformer or SwinTransformer backbone "
+                          "for VPT-deep, or prompt.kind pad / expansive")
 
-    def __init__(self, adapter: nn.Module, net: nn.Module, finetune: bool) -> None:
-        super().__init__()
-        self.adapter, self.net, self.finetune = adapter, net, finetune
 
-    def train(self, mode: bool = True) -> Learner:
-        super().train(mode)
-        if not self.finetune:
-            self.net.eval()  # BatchNorm statistics and dropout of the frozen model never change
-        return self
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.adapter(x))
-
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint must hold: trainable tensors, plus every buffer when fine-tuning."""
-        keep = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in self.state_dict().items()
-                if k in keep or (self.finetune and k.startswith("net."))}
+def build_adapter(cfg: VisualPromptConfig, b: ClassifierBackbone, side: int) -> nn.Module:
+    """The input-side prompt (`madapt.peft.visual_prompt`) of the variant's mapper runs."""
+    size = (side, side)
+    if cfg.prompt.kind == "pad":
+        return PadPrompter(b.input_size[1:], b.mean, b.std, cfg.prompt.pad)
+    if cfg.prompt.kind == "expansive":
+        return ExpansivePrompt(size, b.input_size[1:], b.mean, b.std)
+    return PlainInput(b.input_size[1:], b.mean, b.std)
 
 
 def build_learner(cfg: VisualPromptConfig, prepared: Prepared, variant: VariantConfig) -> Learner:
-    b, n_target = prepared.backbone, len(prepared.data.classnames)
+    source = prepared.sources[backbone_of(cfg, variant)[0]]
+    b, n_target = source.backbone, len(prepared.data.classnames)
     model = copy.deepcopy(b.model)
-    model.load_state_dict(prepared.state)
-    plain = PlainInput(b.input_size[1:], b.mean, b.std)
+    model.load_state_dict(source.state)
     if variant.name in REFERENCES:
         model.reset_classifier(n_target)  # a new head over the target classes (FF and LP)
         if variant.name == "linear_probe":
             freeze(model)
             model.get_classifier().requires_grad_(True)
-        return Learner(plain, model, finetune=variant.name == "full_finetune")
+        return Learner(PlainInput(b.input_size[1:], b.mean, b.std), model,
+                       finetune=variant.name == "full_finetune")
     freeze(model)
-    if cfg.prompt.kind == "vpt_deep":
-        return Learner(plain, build_vpt_deep(model, cfg.prompt.tokens), finetune=False)
-    prompt = PaddingPrompt(b.input_size[1:], b.mean, b.std, cfg.prompt.pad, cfg.prompt.space)
-    return Learner(prompt, model, finetune=False)
+    net = build_vpt_deep(model, cfg.prompt.tokens) if cfg.prompt.kind == "vpt_deep" else model
+    return Learner(build_adapter(cfg, b, prepared.image_side), net, finetune=False)
 
 
-def batches(dataset: Any, index: np.ndarray | torch.Tensor, batch_size: int, workers: int = 0):
-    """(x, y) batches over ``dataset[index]`` in that order; in-memory arrays skip the DataLoader."""
-    index = torch.as_tensor(index, dtype=torch.long)
-    if hasattr(dataset, "batch"):
-        for start in range(0, len(index), batch_size):
-            yield dataset.batch(index[start:start + batch_size])
-        return
-    yield from DataLoader(Subset(dataset, index.tolist()), batch_size=batch_size, num_workers=workers)
+def make_mapper(variant: VariantConfig, seed: int) -> LabelMapper:
+    """The variant's label mapper; `Identity` for FF / LP, whose new head gives target logits."""
+    if variant.name in REFERENCES:
+        return Identity()
+    return get("mapper", variant.name)(variant.options, run_seed=seed)
 
 
-@torch.no_grad()
-def mapping_pass(learner: Learner, mapper: LabelMapper, dataset: Any, index: np.ndarray, n_source: int,
-                 n_target: int, batch_size: int, workers: int = 0) -> None:
-    """The extra pass of ILM-VP: source softmax outputs of the training set with the current prompt."""
-    learner.eval()
-    acc = mapper.make_accumulator(n_source, n_target)
-    for x, y in batches(dataset, index, batch_size, workers):
-        acc.update(torch.softmax(learner(x).float(), 1), y)
-    mapper.fit_from_stats(acc)
+def make_optimizer(cfg: VisualPromptConfig, variant: VariantConfig, learner: Learner) -> torch.optim.Optimizer:
+    t = cfg.train
+    name, lr = variant.optimizer or t.optimizer, variant.lr or t.lr
+    decay = t.weight_decay if variant.weight_decay is None else variant.weight_decay
+    if name == "adam":  # ILM-VP: torch.optim.Adam(visual_prompt.parameters(), lr=0.01)
+        return torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr=lr, weight_decay=decay)
+    return build_optimizer(learner.parameters(), name, lr=lr, weight_decay=decay, momentum=t.momentum)
 
 
-@torch.no_grad()
-def evaluate(learner: Learner, mapper: LabelMapper | None, dataset: Any, batch_size: int,
-             workers: int = 0) -> float:
-    learner.eval()
-    correct = total = 0
-    for x, y in batches(dataset, np.arange(len(dataset)), batch_size, workers):
-        logits = learner(x)
-        out = mapper.transform(logits) if mapper is not None else logits
-        correct += int((out.argmax(1) == y).sum())
-        total += len(y)
-    return 100.0 * correct / max(total, 1)
+def make_scheduler(cfg: VisualPromptConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> LambdaLR:
+    """Per-step schedule: warm-up + cosine (Bahng's ``cosine_lr``, VPT), or ILM-VP's MultiStepLR,
+    which steps per epoch at ``int(share * epochs)``: the factor is constant within an epoch."""
+    t = cfg.train
+    total = t.epochs * steps_per_epoch
+    if t.schedule == "cosine":
+        return warmup_cosine(optimizer, min(t.warmup_steps + t.warmup_epochs * steps_per_epoch, total), total)
+    milestones = [int(m * t.epochs) for m in t.milestones]
+    return LambdaLR(optimizer, lambda step: t.gamma ** sum(step // steps_per_epoch >= m for m in milestones))
+
+
+def runtime(cfg: VisualPromptConfig, backbone: ClassifierBackbone) -> Runtime:
+    procs = join_processes()
+    device = procs.device if cfg.device == "auto" else torch.device(cfg.device)
+    convolutional = any(isinstance(m, nn.Conv2d) and m.kernel_size != m.stride for m in backbone.model.modules())
+    channels_last = cfg.channels_last if cfg.channels_last is not None else (
+        device.type == "cuda" and convolutional)  # a patch-embedding convolution alone does not need it
+    return Runtime(device, cfg.precision, channels_last, cfg.train.num_workers, cfg.train.pin_memory, procs)
 
 
 def fit_variant(cfg: VisualPromptConfig, prepared: Prepared, variant: VariantConfig,
                 checkpoints: Checkpointer | None = None) -> dict[str, Any]:
     """Train one variant (resuming from ``checkpoints``) and return its results entry."""
-    seed_everything(cfg.seed)
-    t, data, index = cfg.train, prepared.data, prepared.train_index
-    n_source, n_target = prepared.backbone.num_classes, len(data.classnames)
+    seed_everything(cfg.seed)  # every variant: the same prompt init and data order
+    t, data = cfg.train, prepared.data
+    source = prepared.sources[backbone_of(cfg, variant)[0]]
     learner = build_learner(cfg, prepared, variant)
-    mapper = None if variant.name in REFERENCES else build("mapper", variant.name, **variant.options)
-    source = variant.mapping_source or cfg.mapping_source
-    opt = build_optimizer(learner.parameters(), variant.optimizer or t.optimizer, lr=variant.lr or t.lr,
-                          weight_decay=variant.weight_decay if variant.weight_decay is not None
-                          else t.weight_decay,
-                          momentum=t.momentum)
-    steps = -(-len(index) // t.batch_size)
-    sched = warmup_cosine(opt, min(t.warmup_epochs * steps, t.epochs * steps), t.epochs * steps)
-    history: list[dict[str, float]] = []
-    start, ckpt = 0, checkpoints.load() if checkpoints else None
-    if ckpt is not None:
-        s = ckpt.state
-        learner.load_state_dict(s["learner"], strict=False)
-        opt.load_state_dict(s["optimizer"])
-        sched.load_state_dict(s["scheduler"])
-        if mapper is not None:
-            mapper.load_state_dict(s["mapper"])
-        set_rng_state(s["rng"])
-        start, history = int(ckpt.unit["epoch"]), list(s["history"])
-    elif mapper is not None and mapper.requires_data:
-        mapping_pass(learner, mapper, data.train, index, n_source, n_target, cfg.eval_batch_size,
-                     t.num_workers)
-    elif mapper is not None:
-        mapper.fit_shape(n_source, n_target)
-    acc = mapper.make_accumulator(n_source, n_target) if mapper is not None and mapper.requires_data else None
-    for epoch in range(start, t.epochs):
-        began = time.perf_counter()
-        refresh = acc is not None and epoch + 1 < t.epochs and mapper.needs_refresh(epoch + 1)
-        collect = refresh and source == "train_pass"
-        learner.train()
-        order = torch.randperm(len(index), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
-        loss_sum = 0.0
-        for x, y in batches(data.train, index[order.numpy()], t.batch_size, t.num_workers):
-            logits = learner(x)
-            if collect:
-                acc.update(torch.softmax(logits.detach().float(), 1), y)
-            loss = F.cross_entropy(mapper.transform(logits) if mapper is not None else logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += float(loss.detach()) * len(y)
-        if collect:
-            mapper.fit_from_stats(acc)
-            acc.reset()
-        elif refresh:
-            mapping_pass(learner, mapper, data.train, index, n_source, n_target, cfg.eval_batch_size,
-                         t.num_workers)
-        history.append({"loss": loss_sum / len(index), "seconds": time.perf_counter() - began})
-        if checkpoints is not None:
-            checkpoints.save({"epoch": epoch + 1}, {
-                "learner": learner.trainable_state(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "mapper": None if mapper is None else mapper.state_dict(),
-                "rng": rng_state(), "history": history})
-    accuracy = evaluate(learner, mapper, data.test, cfg.eval_batch_size, t.num_workers)
-    entry: dict[str, Any] = {
-        "name": variant.name, "accuracy": accuracy, "history": history,
-        "mapping_source": source if mapper is not None and mapper.mapping_interval else None,
-        "trainable_params": sum(p.numel() for p in learner.parameters() if p.requires_grad),
-    }
-    if mapper is not None:
-        entry["mapping"] = [int(i) for i in mapper.mapping_]
-        entry["mapped_names"] = [prepared.source_names[i] for i in mapper.mapping_]
-        cost = getattr(mapper, "mapping_cost_", None)
-        entry["mapping_cost"] = None if cost is None else float(cost) / n_target
-    return entry
+    mapper = make_mapper(variant, cfg.seed)
+    rt = runtime(cfg, source.backbone)
+    learner.to(rt.device)
+    if rt.channels_last:
+        learner.to(memory_format=torch.channels_last)
+    fraction = variant.shots_fraction or cfg.data.shots_fraction
+    index = vp.subsample_per_class(data.train_labels, fraction, cfg.seed)
+    optimizer = make_optimizer(cfg, variant, learner)
+    scheduler = make_scheduler(cfg, optimizer, -(-len(index) // t.batch_size))
+    n_target = len(data.classnames)
+    plan = Plan(data, index, n_target if variant.name in REFERENCES else source.backbone.num_classes, n_target,
+                t.epochs, t.batch_size, cfg.eval_batch_size, variant.mapping_source or cfg.mapping_source,
+                t.selection == "best_val" and data.val is not None, cfg.seed)
+    entry = train_variant(learner, mapper, optimizer, scheduler, plan, rt, checkpoints)
+    return {"name": variant.name, "backbone": backbone_of(cfg, variant)[0], "shots_fraction": fraction,
+            "train_images": len(index), "options": variant.options.model_dump(mode="json"), **entry,
+            "mapping_source": plan.mapping_source if mapper.mapping_interval else None,
+            "trainable_params": learner.trained_numel(),
+            "encoder_params": sum(p.numel() for n, p in source.backbone.model.named_parameters()
+                                  if not n.startswith(_head_prefix(source.backbone.model))),
+            **mapper.describe(source.names)}
+
+
+def _head_prefix(model: nn.Module) -> str:
+    head = model.get_classifier()
+    return next((n for n, m in model.named_modules() if m is head), "head")
+
+
+def figure_6_5_variant(cfg: VisualPromptConfig) -> VariantConfig | None:
+    """Figure 6.5 compares a frequency mapping with OTLM at the first epoch: it applies when the
+    run has both on the main backbone and training share; returns the OTLM variant."""
+    main = [v for v in cfg.variants if v.source is None and v.shots_fraction is None]
+    if not any(v.name in ("flm", "ilm") for v in main):
+        return None
+    return next((v for v in main if v.name == "otlm"), None)
+
+
+def initial_class_logits(cfg: VisualPromptConfig, prepared: Prepared, variant: VariantConfig) -> torch.Tensor:
+    """Class-average source logits under the initial prompt, the one every variant starts from."""
+    seed_everything(cfg.seed)
+    learner = build_learner(cfg, prepared, variant)
+    rt = runtime(cfg, prepared.sources[cfg.backbone].backbone)
+    learner.to(rt.device)
+    index = vp.subsample_per_class(prepared.data.train_labels, cfg.data.shots_fraction, cfg.seed)
+    return class_mean_logits(learner, prepared.data.train, index, len(prepared.data.classnames),
+                             cfg.eval_batch_size, rt)
 
 
 def run(cfg: VisualPromptConfig, prepared: Prepared, folder: RunFolder, console: Console) -> dict[str, Any]:
     data = prepared.data
+    main = join_processes().is_main
+    first = next(iter(prepared.sources.values())).backbone
     results: dict[str, Any] = {"dataset": data.name, "backbone": cfg.backbone, "classnames": data.classnames,
-                               "n_source": prepared.backbone.num_classes,
-                               "train_images": len(prepared.train_index),
-                               "shots_fraction": cfg.data.shots_fraction, "variants": {}}
+                               "n_source": first.num_classes, "train_images": len(data.train),
+                               "val_images": 0 if data.val is None else len(data.val),
+                               "shots_fraction": cfg.data.shots_fraction, "prompt": cfg.prompt.kind,
+                               "variants": {}}
+    logits_file = folder.path / "initial_logits.safetensors"
+    if figure_6_5_variant(cfg) is not None and not logits_file.is_file():
+        mean_logits = initial_class_logits(cfg, prepared, figure_6_5_variant(cfg))
+        if main:
+            save_tensors(logits_file, {"mean_logits": mean_logits})
     for variant in cfg.variants:
         sub = RunFolder(folder.path / variant.tag)
         if sub.results_path.is_file():
@@ -354,12 +266,14 @@ def run(cfg: VisualPromptConfig, prepared: Prepared, folder: RunFolder, console:
             continue
         console.print(f"[bold]{variant.tag}[/bold]: training {cfg.train.epochs} epochs")
         entry = fit_variant(cfg, prepared, variant, sub.checkpoints)
-        sub.path.mkdir(parents=True, exist_ok=True)
-        sub.write_results(entry)
-        folder.log(f"{variant.tag}: accuracy {entry['accuracy']:.2f}")
+        if main:
+            sub.path.mkdir(parents=True, exist_ok=True)
+            sub.write_results(entry)
+            folder.log(f"{variant.tag}: accuracy {entry['accuracy']:.2f}")
         results["variants"][variant.tag] = entry
-    mapping_grid(results, data, prepared.train_index, folder.path / "mapping.png")
+    if main:
+        results["figures"] = write_figures(results, data, folder.path)
     return results
 
 
-register_recipe(Recipe("visual_prompt", VisualPromptConfig, prepare, run, report))
+register_recipe(Recipe("visual_prompt", VisualPromptConfig, prepare, run, report, multiprocess=True))
