@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sentencepiece as spm
+import torch
 from rich.console import Console
 
 from madapt import catalog
@@ -18,7 +19,10 @@ from madapt.data.text import read_texts
 from madapt.errors import ConfigError, DataError
 from madapt.runs import RunFolder
 from madapt.tokenizers import adat
+from madapt.tokenizers.evidence import lm_term, prune_by_evidence
+from madapt.tokenizers.scoring import LossAccumulator
 from madapt.tokenizers.unigram import UnigramModel
+from madapt.tokenizers.unigram_round import viterbi_counts
 
 catalog.load_all()
 
@@ -76,10 +80,41 @@ def test_target_below_required_pieces_is_a_config_error(corpus_file: Path) -> No
         adat.prepare(tiny(corpus_file, target_vocab=300, rounds=1))
 
 
-def test_unseen_pieces_get_expected_count_times_mean_loss() -> None:
-    b, count, freq = np.array([3.0, 0, 5, 0]), np.array([1, 0, 2, 0]), np.array([2.0, 1, 4, 0])
-    # 3 scored tokens with 8 nats in total; piece 1 is expected 1/7 x 3 times at 8/3 nats each
-    np.testing.assert_allclose(adat.impute_unseen(b, count, freq), [3.0, 8 / 7, 5.0, 0.0])
+def test_a_piece_without_evidence_is_decided_by_its_removal_loss_alone() -> None:
+    rng = np.random.default_rng(0)
+    n = 40
+    pieces = [f"p{i}" for i in range(n)]
+    a, score = rng.random(n), rng.random(n)
+    required = np.zeros(n, bool)
+    required[:4] = True
+    has = np.ones(n, bool)
+    has[4:14] = False  # 10 of 36 removable pieces have no LM evidence
+    keep = prune_by_evidence(pieces, score, a, 18, required, has)
+    assert (~keep).sum() == 18 and keep[:4].all()
+    assert (~keep[4:14]).sum() == 5  # the round's overall rate, 18/36, applied to them
+    blind = np.arange(4, 14)
+    assert set(blind[~keep[4:14]]) == set(blind[np.argsort(a[4:14])[:5]])  # lowest a first
+    # whatever score (imputed or otherwise) a blind piece carries, the decision is the same
+    for fake in (np.full(n, np.inf), np.full(n, -np.inf), rng.random(n)):
+        other = np.where(has, score, fake)
+        np.testing.assert_array_equal(prune_by_evidence(pieces, other, a, 18, required, has), keep)
+    # pieces with evidence are ranked by score
+    seen = np.flatnonzero(has & ~required)
+    assert set(seen[~keep[seen]]) == set(seen[np.argsort(score[seen])[:13]])
+
+
+def test_lm_term_scores_absent_pieces_from_their_own_evidence() -> None:
+    slice_acc, evidence_acc = LossAccumulator(4), LossAccumulator(4)
+    slice_acc.total[:] = torch.tensor([3.0, 0, 5, 0], dtype=torch.float64)
+    slice_acc.count[:] = torch.tensor([1, 0, 2, 0])
+    evidence_acc.total[:] = torch.tensor([9.0, 4.0, 0, 0], dtype=torch.float64)
+    evidence_acc.count[:] = torch.tensor([3, 1, 0, 0])
+    freq, matchable = np.array([2.0, 1, 4, 1]), np.ones(4, bool)
+    term = lm_term(slice_acc, evidence_acc, freq, matchable)
+    # piece 1: expected 1/8 x 3 slice tokens, at its own 4 nats; piece 3: no evidence at all
+    np.testing.assert_allclose(term.b, [3.0, 3 / 8 * 4.0, 5.0, 0.0])
+    assert term.in_slice.tolist() == [True, False, True, False]
+    assert term.has_evidence.tolist() == [True, True, True, False]
 
 
 def test_viterbi_counts_match_sentencepiece(prepared) -> None:
@@ -87,10 +122,22 @@ def test_viterbi_counts_match_sentencepiece(prepared) -> None:
     sp = spm.SentencePieceProcessor(model_proto=prepared.initial_proto)
     train = list(prepared.corpus.texts("train"))
     expected = np.bincount([i for t in train for i in sp.encode(t)], minlength=len(model.pieces))
-    counts = adat.viterbi_counts(model, prepared.words)
+    counts = viterbi_counts(model, prepared.words)
     matchable = model.matchable
     # sentencepiece agrees on every matchable piece (byte-fallback ids stand in for unknown chars)
     np.testing.assert_array_equal(counts[matchable], expected[matchable])
+
+
+def test_rounds_score_absent_pieces_on_unseen_text_and_report_the_length_ratio(prepared, tmp_path: Path) -> None:
+    cfg = tiny(Path("unused"))
+    _, history = adat.run_rounds(cfg, cfg.variants[0], prepared, RunFolder(tmp_path).checkpoints)
+    for h in history:
+        assert h["unseen_in_scoring"] > 0 and h["scored_from_evidence"] > 0 and h["evidence_docs"] > 0
+        assert h["scored_from_evidence"] + h["without_evidence"] <= h["unseen_in_scoring"]
+        assert h["length_ratio"] <= cfg.max_length_ratio and h["calibration_ratio"] <= cfg.max_length_ratio
+        # pieces without evidence go at the round's rate, no more
+        removable = h["size_before"] - h["required"]
+        assert h["pruned_without_evidence"] == round(h["pruned"] * h["without_evidence"] / removable)
 
 
 def test_final_vocabulary_has_target_size_and_every_required_piece(prepared, tmp_path: Path) -> None:
@@ -154,6 +201,8 @@ def test_recipe_run_and_report_with_evaluation(corpus_file: Path, prepared, tmp_
     results = adat.run(cfg, prepared, folder, Console(quiet=True))
     adat.report(results, folder, Console(quiet=True))
     assert set(results["evaluation"]) == {"adat", "unigram", "bpe"}
+    # equal LM steps for every tokenizer compared (the step confound of equal-bytes training)
+    assert len({r["train_steps"] for r in results["evaluation"].values()}) == 1
     assert all(r["vocab_size"] == 500 for r in results["evaluation"].values())
     assert results["beats_unigram_bpb"]["adat"] == (
         results["evaluation"]["adat"]["bits_per_byte"] < results["evaluation"]["unigram"]["bits_per_byte"])

@@ -55,17 +55,13 @@ from madapt.report.tables import print_table
 from madapt.runs import Checkpointer, RunFolder, atomic_write_json, rng_state, set_rng_state
 from madapt.tokenizers import evaluate as ev
 from madapt.tokenizers.corpus import PARTS, CorpusCounts, CorpusStream, HeldOut, reservoir_sample
+from madapt.tokenizers.evidence import EvidenceSearch, lm_term, prune_by_evidence
 from madapt.tokenizers.export import export, model_proto
 from madapt.tokenizers.lm_scoring import LMSettings, piece_lm_loss
-from madapt.tokenizers.scoring import adat_score, carry_over, momentum, prune
-from madapt.tokenizers.unigram import (
-    UnigramModel,
-    WordCorpus,
-    reestimate_scores,
-    removal_loss,
-    viterbi,
-    word_counts,
-)
+from madapt.tokenizers.scoring import adat_score, carry_over, momentum
+from madapt.tokenizers.unigram import UnigramModel, WordCorpus, word_counts
+from madapt.tokenizers.unigram_round import reestimate_scores, round_stats
+from madapt.tokenizers.units import sp_normalizer, unit_mode
 from madapt.training import Processes, join_processes
 
 BASELINES = ("unigram", "bpe")
@@ -120,7 +116,11 @@ class EvalConfig(Strict):
     enabled: bool = True
     lm_eval: LMEvalConfig | None = Field(None, description="optional lm-evaluation-harness tasks")
     baselines: list[Literal["unigram", "bpe"]] = Field(default_factory=lambda: list(BASELINES))
-    epochs: int = Field(2, gt=0, description="passes over the (equal-bytes) training text")
+    epochs: int = Field(2, gt=0, description="passes over the training text (under equal steps: by the "
+                        "tokenizer with the fewest tokens)")
+    protocol: Literal["steps", "bytes"] = Field(
+        "steps", description="steps: every LM takes the same optimizer steps (tokenizers.evaluate.equal_steps); "
+        "bytes: the same passes over the same text, so finer tokenizers get more steps (§5.4.2)")
     train_bytes: int | None = Field(None, gt=0, description="cap on training text bytes (None = all)")
     lm: LMConfig | None = Field(None, description="evaluation LM; default: the scoring LM")
 
@@ -144,20 +144,25 @@ class AdatConfig(Strict):
     rounds: int = Field(3, gt=0, description="paper: 5 (used when no schedule is given)")
     schedule: list[int] | None = Field(None, description="vocabulary size after each round")
     character_coverage: float = Field(0.9995, gt=0, le=1)
-    sampling_alpha: float = Field(0.1, gt=0,
-                                  description="sampling smoothing α: P(seg) ∝ exp(α Σ log p) (§5.3.2.1)")
+    sampling_alpha: float | Literal["auto"] = Field(
+        "auto", description="sampling smoothing α: P(seg) ∝ exp(α Σ log p) (§5.3.2.1); auto = the smallest α "
+        "whose sampled segmentation stays within max_length_ratio of Viterbi's length, per round")
+    max_length_ratio: float = Field(1.2, gt=1, description="bound on sampled/Viterbi tokens for auto α")
+    calibration_docs: int = Field(512, gt=0, description="documents the auto α is calibrated on (each round)")
     round_train_tokens: int = Field(200_000, gt=0, description="LM training tokens per round (paper ~0.3B); "
                                     "each round reads on from where the previous one stopped")
     reestimate_iters: int = Field(2, ge=0, description="EM iterations after each pruning")
-    unseen_pieces: Literal["impute", "infinite"] = Field(
-        "impute",
-        description="b of pieces absent from the scoring slice: expected count x mean CE, or 0 (score +inf)")
+    unseen_pieces: Literal["evidence", "literal"] = Field(
+        "evidence", description="pieces absent from the scoring slice: scored on unseen training text "
+        "(tokenizers.evidence), or eq. 5.3 literally (b = 0, ratio score +inf)")
+    evidence_fraction: float = Field(1.0, ge=0, description="evidence text scored per round, at most this "
+                                     "times the scoring slice's tokens")
     lm: LMConfig = LMConfig()
     variants: list[VariantConfig] = Field(default_factory=lambda: [VariantConfig()], min_length=1)
     evaluate: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
-    def _check(self) -> "AdatConfig":
+    def _check(self) -> AdatConfig:
         if self.target_vocab > self.initial_vocab:
             raise ConfigError("target_vocab",
                               f"{self.target_vocab} is larger than initial_vocab {self.initial_vocab}",
@@ -236,7 +241,8 @@ def prepare(cfg: AdatConfig) -> Prepared:
     if required > cfg.target_vocab:
         raise ConfigError("target_vocab", f"{cfg.target_vocab} is below the {required} required pieces "
                           "(specials, 256 bytes, every character)", f"at least {required}")
-    words = word_counts(vocab_texts(corpus, sample))
+    pieces = UnigramModel.from_sentencepiece(proto).pieces
+    words = word_counts(vocab_texts(corpus, sample), sp_normalizer(proto), unit_mode(pieces))
     return Prepared(corpus, counts, words, proto, time.perf_counter() - start, sample)
 
 
@@ -260,31 +266,6 @@ def _summary(values: np.ndarray) -> dict[str, float]:
     q = np.quantile(finite, [0.1, 0.5, 0.9]) if finite.size else [float("nan")] * 3
     return {"p10": float(q[0]), "median": float(q[1]), "p90": float(q[2]),
             "n_inf": int((~np.isfinite(values)).sum())}
-
-
-def viterbi_counts(model: UnigramModel, words: WordCorpus) -> np.ndarray:
-    """How often each piece is on the Viterbi path of the (training) corpus."""
-    index = {p: i for i, p in enumerate(model.pieces)}
-    counts = np.zeros(len(model.pieces))
-    for path, n in zip(viterbi(model, words.words), words.counts):
-        for piece in path:
-            counts[index.get(piece, model.unk_id)] += n
-    return counts
-
-
-def impute_unseen(b: np.ndarray, count: np.ndarray, freq: np.ndarray) -> np.ndarray:
-    """b for pieces that never occur in the scoring slice: their expected number of occurrences
-    there (Viterbi frequency share x slice tokens) times the slice's mean CE per token.
-
-    Literally eq. 5.3 gives them b = 0, so the ratio a / log(b + 1) is +inf and they can never be
-    pruned. With the paper's 0.1B scoring tokens almost every piece occurs; at micro scale most
-    rare pieces do not, and the literal rule would prune the frequent pieces first.
-    """
-    n_tokens = count.sum()
-    if n_tokens == 0 or freq.sum() == 0:
-        return b
-    expected = freq / freq.sum() * n_tokens
-    return np.where(count > 0, b, expected * (b.sum() / n_tokens))
 
 
 def run_rounds(cfg: AdatConfig, variant: VariantConfig, data: Prepared, checkpoints: Checkpointer,
@@ -321,22 +302,34 @@ def run_rounds(cfg: AdatConfig, variant: VariantConfig, data: Prepared, checkpoi
         model = UnigramModel.from_sentencepiece(proto)
         seed = cfg.seed + 1009 * (r + 1)
         first_doc, consumed = reader.position, reader.consumed
-        acc, losses = piece_lm_loss(proto, reader, data.corpus.texts("score"), cfg.round_train_tokens,
-                                    cfg.lm.settings(), seed, alpha=cfg.sampling_alpha, processes=processes)
-        b = acc.total.numpy()
-        if cfg.unseen_pieces == "impute":
-            b = impute_unseen(b, acc.count.numpy(), viterbi_counts(model, data.words))
+        stats = round_stats(model, data.words)  # Viterbi counts and removal loss a, one pass
+        a, required = stats.loss, model.required_mask()
+        search = None
+        if cfg.unseen_pieces == "evidence":
+            wanted = model.matchable & ~required & (stats.freq > 0)
+            search = EvidenceSearch(data.counts.docs["train"], cfg.evidence_fraction, wanted)
+        alpha = None if cfg.sampling_alpha == "auto" else cfg.sampling_alpha
+        lm = piece_lm_loss(proto, reader, data.corpus.texts("score"), cfg.round_train_tokens, cfg.lm.settings(),
+                           seed, alpha=alpha, max_length_ratio=cfg.max_length_ratio,
+                           calibration_docs=cfg.calibration_docs, evidence=search, processes=processes)
+        term = lm_term(lm.acc, lm.evidence, stats.freq, model.matchable)
+        # "literal": every piece counts as evidenced, b = 0 where absent (eq. 5.3 as printed).
+        evidenced = term.has_evidence if cfg.unseen_pieces == "evidence" else np.ones(len(a), bool)
+        previous = None if prev is None else carry_over(prev, model.pieces)
+        b = term.b
         if variant.momentum_on == "lm_loss":
-            b = momentum(None if prev is None else carry_over(prev, model.pieces), b, variant.beta)
+            b = momentum(previous, b, variant.beta)  # without evidence: the previous momentum stays
+            b = b if previous is None else np.where(evidenced, b, previous)
             prev = dict(zip(model.pieces, b))
-        a = removal_loss(model, data.words)
         score = adat_score(a, b, variant.balance, variant.lam)
         if variant.momentum_on == "score":
-            # Finite stand-ins for ±inf so that β·(+inf) + (−inf) can never give NaN.
-            score = momentum(None if prev is None else carry_over(prev, model.pieces),
-                             np.nan_to_num(score, posinf=1e300, neginf=-1e300), variant.beta)
+            # Finite stand-ins for ±inf so that β·(+inf) + (−inf) can never give NaN; a piece
+            # without evidence keeps its previous momentum (no new L^j to add).
+            score = momentum(previous, np.nan_to_num(score, posinf=1e300, neginf=-1e300), variant.beta)
+            if previous is not None:
+                score = np.where(evidenced, score, previous)
             prev = dict(zip(model.pieces, score))
-        keep = prune(model.pieces, score, len(model.pieces) - size, model.required_mask())
+        keep = prune_by_evidence(model.pieces, score, a, len(model.pieces) - size, required, evidenced)
         pruned = reestimate_scores(model.subset(keep), data.words, cfg.reestimate_iters)
         proto = model_proto(proto, pruned)
         same_everywhere(processes, proto, f"the vocabulary after round {r + 1}")
@@ -344,10 +337,15 @@ def run_rounds(cfg: AdatConfig, variant: VariantConfig, data: Prepared, checkpoi
         history.append({
             "round": r + 1, "size_before": len(model.pieces), "size_after": len(pruned.pieces),
             "pruned": int((~keep).sum()), "lowest_pruned": [model.pieces[i] for i in lowest[:12]],
-            "unseen_in_scoring": int(((acc.count == 0).numpy() & model.matchable).sum()),
+            "unseen_in_scoring": int((~term.in_slice & model.matchable).sum()),
+            "scored_from_evidence": int(term.from_evidence.sum()), "evidence_docs": lm.evidence_docs,
+            "required": int(required.sum()), "without_evidence": int((~evidenced & ~required).sum()),
+            "pruned_without_evidence": int((~evidenced & ~keep).sum()),
+            "sampling_alpha": lm.alpha, "length_ratio": lm.length_ratio,
+            "calibration_ratio": lm.calibration_ratio,
             "train_first_doc": first_doc, "train_docs": reader.consumed - consumed,
-            "lm_train_loss": float(np.mean(losses[-10:])),
-            "lm_heldout_loss": float(acc.total.sum() / acc.count.sum()),
+            "lm_train_loss": float(np.mean(lm.losses[-10:])),
+            "lm_heldout_loss": float(lm.acc.total.sum() / lm.acc.count.sum()),
             "a": _summary(a), "b": _summary(b), "score": _summary(score),
             "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
         })
@@ -398,6 +396,9 @@ def _evaluate_all(cfg: AdatConfig, data: Prepared, protos: dict[str, bytes], fol
         candidates["bpe"] = ev.bpe_candidate("bpe", tok)
     train = eval_train_texts(data.corpus, cfg.evaluate.train_bytes)
     settings = (cfg.evaluate.lm or cfg.lm).settings()
+    steps = None
+    if cfg.evaluate.protocol == "steps":
+        steps = ev.equal_steps(list(candidates.values()), train, settings, cfg.evaluate.epochs)
     out: dict[str, dict[str, Any]] = {}
     for name, cand in candidates.items():
         path = folder.path / "eval" / f"{name}.json"
@@ -408,7 +409,7 @@ def _evaluate_all(cfg: AdatConfig, data: Prepared, protos: dict[str, bytes], fol
         console.print(f"evaluating {name} ({cand.vocab_size} pieces)")
         lm_eval = cfg.evaluate.lm_eval.spec() if cfg.evaluate.lm_eval is not None else None
         metrics = ev.evaluate(cand, train, data.corpus.texts("eval"), settings, cfg.evaluate.epochs, cfg.seed,
-                              lm_eval, processes)
+                              lm_eval, processes, steps=steps)
         metrics.update(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
         if "unigram" in candidates and name != "unigram":
             metrics["overlap_with_unigram"] = ev.vocab_overlap(cand.pieces, candidates["unigram"].pieces)
