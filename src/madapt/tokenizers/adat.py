@@ -1,12 +1,18 @@
 """Recipe ``kind: adat``: adaptive tokenizers pruned with the LM's own loss (seed 000 ch. 5).
 
-Pipeline (Fig. 5.1, §5.4.2): a large sentencepiece Unigram vocabulary is trained on the corpus;
-each round (eqs. 5.3-5.5) trains a fresh GPT-NeoX on sampled segmentations, sums every piece's
-cross-entropy on a held-out slice (b), computes the Unigram removal loss (a, eq. 5.2), combines
-them with the balance function and momentum, prunes the lowest-scoring non-required pieces down to
-the round's size, re-estimates the scores by EM and exports the next round's ``.model``. Finally
-every variant (ablations of Table 5.5 are variants) is compared with Unigram and BPE baselines
-at the same vocabulary size by training the same LM on the same text (`tokenizers.evaluate`).
+Pipeline (Fig. 5.1, §5.4.2): a large initial vocabulary is trained on the corpus (sentencepiece
+Unigram, or BytePiece for Table 5.1's "ADAT+By", `tokenizers.bytepiece`); each round computes
+every piece's Viterbi count and Unigram removal loss a (eq. 5.2) in one pass
+(`unigram_round.round_stats`), trains a fresh GPT-NeoX on sampled segmentations (α calibrated so
+the sampled text stays within ``max_length_ratio`` of Viterbi's length, reported per round) and
+sums every piece's cross-entropy on a held-out slice (b, eq. 5.3); pieces the slice lacks are
+scored on training text the round's LM never read, and those with no evidence at all are kept
+out of the LM ranking (`tokenizers.evidence`). a and b are combined with the balance function and
+momentum (eqs. 5.4-5.5), the lowest-scoring non-required pieces pruned down to the round's size,
+the scores re-estimated by EM and the next round's ``.model`` exported. Finally every variant
+(ablations of Table 5.5 are variants) is compared with the Unigram, BPE and BytePiece baselines
+at the same vocabulary size by training the same LM on the same text for the same number of
+steps (`tokenizers.evaluate`).
 
 Corpus (`tokenizers.corpus`): the file is streamed in order, never loaded. Evaluation and
 scoring documents are held out by position (fixed, disjoint from the training text); the initial
@@ -34,163 +40,35 @@ across subprocesses).
 from __future__ import annotations
 
 import json
-import re
 import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import sentencepiece as spm
 import torch
-from pydantic import Field, model_validator
 from rich.console import Console
 
-from madapt.config import Recipe, Strict, register_recipe
+from madapt.config import Recipe, register_recipe
 from madapt.errors import ConfigError, DataError
 from madapt.report import plots
 from madapt.report.markdown import Section, write_report
 from madapt.report.tables import print_table
 from madapt.runs import Checkpointer, RunFolder, atomic_write_json, rng_state, set_rng_state
 from madapt.tokenizers import evaluate as ev
+from madapt.tokenizers.adat_config import AdatConfig, VariantConfig
+from madapt.tokenizers.bytepiece import bytepiece_model
 from madapt.tokenizers.corpus import PARTS, CorpusCounts, CorpusStream, HeldOut, reservoir_sample
 from madapt.tokenizers.evidence import EvidenceSearch, lm_term, prune_by_evidence
 from madapt.tokenizers.export import export, model_proto
-from madapt.tokenizers.lm_scoring import LMSettings, piece_lm_loss
+from madapt.tokenizers.lm_scoring import piece_lm_loss
 from madapt.tokenizers.scoring import adat_score, carry_over, momentum
 from madapt.tokenizers.unigram import UnigramModel, WordCorpus, word_counts
 from madapt.tokenizers.unigram_round import reestimate_scores, round_stats
 from madapt.tokenizers.units import sp_normalizer, unit_mode
 from madapt.training import Processes, join_processes
-
-BASELINES = ("unigram", "bpe")
-
-
-class LMConfig(Strict):
-    preset: str = Field("pythia-micro", description="a GPT-NeoX preset from madapt.backbones.causal_lm")
-    seq_len: int = Field(128, ge=8, description="Pythia: 2048")
-    batch_size: int = Field(16, gt=0, description="sequences per step (Pythia: 1024)")
-    lr: float = Field(1e-3, gt=0, description="Pythia-70M: 1e-3")
-    weight_decay: float = Field(0.1, ge=0)
-    warmup_frac: float = Field(0.01, ge=0, le=1, description="Pythia: 1% warmup")
-    eval_batch_size: int = Field(32, gt=0)
-
-    def settings(self) -> LMSettings:
-        return LMSettings(**self.model_dump())
-
-
-class VariantConfig(Strict):
-    name: str = Field("adat", pattern=r"^[A-Za-z0-9_.-]+$")
-    balance: Literal["ratio", "diff", "logdiff"] = Field("ratio", description="Table 5.5: F(a, b)")
-    lam: float = Field(1.0, gt=0, description="λ of eq. 5.4")
-    beta: float = Field(0.9, ge=0, description="momentum β of eq. 5.5 (0 = no momentum)")
-    momentum_on: Literal["score", "lm_loss"] = Field("score", description="what eq. 5.5 smooths")
-
-
-class LMEvalConfig(Strict):
-    """lm-evaluation-harness tasks (§5.4.1.4: five-shot ARC-C/E, BoolQ, LAMBADA, LogiQA, PIQA, SciQ,
-    SST-2, Winogrande); needs the ``lm-eval`` extra and Hub access (or local copies) for the data."""
-
-    tasks: list[str] = Field(min_length=1, description="lm-eval task names, e.g. arc_easy, piqa")
-    num_fewshot: int = Field(5, ge=0, description="§5.4.1.4: five-shot")
-    limit: int | None = Field(None, gt=0, description="examples per task (None = all)")
-    batch_size: int = Field(8, gt=0)
-
-    @model_validator(mode="after")
-    def _check(self) -> LMEvalConfig:
-        for task in self.tasks:
-            if not re.fullmatch(r"[A-Za-z0-9_.\-]+", task):
-                raise ConfigError("evaluate.lm_eval.tasks", f"'{task}' is not a task name",
-                                  "lm-eval task names such as arc_easy or lambada_openai")
-        repeated = [t for t in self.tasks if self.tasks.count(t) > 1]
-        if repeated:
-            raise ConfigError("evaluate.lm_eval.tasks", f"'{repeated[0]}' is listed twice", "each task once")
-        return self
-
-    def spec(self) -> ev.LMEvalSpec:
-        return ev.LMEvalSpec(tuple(self.tasks), self.num_fewshot, self.limit, self.batch_size)
-
-
-class EvalConfig(Strict):
-    enabled: bool = True
-    lm_eval: LMEvalConfig | None = Field(None, description="optional lm-evaluation-harness tasks")
-    baselines: list[Literal["unigram", "bpe"]] = Field(default_factory=lambda: list(BASELINES))
-    epochs: int = Field(2, gt=0, description="passes over the training text (under equal steps: by the "
-                        "tokenizer with the fewest tokens)")
-    protocol: Literal["steps", "bytes"] = Field(
-        "steps", description="steps: every LM takes the same optimizer steps (tokenizers.evaluate.equal_steps); "
-        "bytes: the same passes over the same text, so finer tokenizers get more steps (§5.4.2)")
-    train_bytes: int | None = Field(None, gt=0, description="cap on training text bytes (None = all)")
-    lm: LMConfig | None = Field(None, description="evaluation LM; default: the scoring LM")
-
-
-class AdatConfig(Strict):
-    kind: Literal["adat"]
-    seed: int = 0
-    threads: int = Field(1, ge=1, description="torch intra-op threads (1 is fastest for micro models)")
-    corpus: str = Field("stdlib_docstrings",
-                        description="a bundled corpus name or a .txt/.jsonl(.xz/.gz) path")
-    max_corpus_bytes: int | None = Field(None, gt=0, description="read the file's first documents up to this")
-    score_fraction: float = Field(0.1, gt=0, lt=0.5, description="documents held out (spread evenly) "
-                                  "for the LM loss b (§5.4.2: 0.1B tokens)")
-    eval_fraction: float = Field(0.1, gt=0, lt=0.5,
-                                 description="documents held out (spread evenly) for the evaluation")
-    unigram_docs: int | None = Field(
-        None, gt=0, description="seeded sample of training documents for the initial vocabulary, the removal "
-        "loss a, EM and the baseline vocabularies (sentencepiece's input_sentence_size); None = every one")
-    initial_vocab: int = Field(8000, gt=0, description="§5.4.2: 150k in the paper")
-    target_vocab: int = Field(2000, gt=0, description="paper: 50k")
-    rounds: int = Field(3, gt=0, description="paper: 5 (used when no schedule is given)")
-    schedule: list[int] | None = Field(None, description="vocabulary size after each round")
-    character_coverage: float = Field(0.9995, gt=0, le=1)
-    sampling_alpha: float | Literal["auto"] = Field(
-        "auto", description="sampling smoothing α: P(seg) ∝ exp(α Σ log p) (§5.3.2.1); auto = the smallest α "
-        "whose sampled segmentation stays within max_length_ratio of Viterbi's length, per round")
-    max_length_ratio: float = Field(1.2, gt=1, description="bound on sampled/Viterbi tokens for auto α")
-    calibration_docs: int = Field(512, gt=0, description="documents the auto α is calibrated on (each round)")
-    round_train_tokens: int = Field(200_000, gt=0, description="LM training tokens per round (paper ~0.3B); "
-                                    "each round reads on from where the previous one stopped")
-    reestimate_iters: int = Field(2, ge=0, description="EM iterations after each pruning")
-    unseen_pieces: Literal["evidence", "literal"] = Field(
-        "evidence", description="pieces absent from the scoring slice: scored on unseen training text "
-        "(tokenizers.evidence), or eq. 5.3 literally (b = 0, ratio score +inf)")
-    evidence_fraction: float = Field(1.0, ge=0, description="evidence text scored per round, at most this "
-                                     "times the scoring slice's tokens")
-    lm: LMConfig = LMConfig()
-    variants: list[VariantConfig] = Field(default_factory=lambda: [VariantConfig()], min_length=1)
-    evaluate: EvalConfig = EvalConfig()
-
-    @model_validator(mode="after")
-    def _check(self) -> AdatConfig:
-        if self.target_vocab > self.initial_vocab:
-            raise ConfigError("target_vocab",
-                              f"{self.target_vocab} is larger than initial_vocab {self.initial_vocab}",
-                              "a target no larger than the initial vocabulary (pruning only removes pieces)")
-        sizes = self.sizes()
-        if sizes[-1] != self.target_vocab:
-            raise ConfigError("schedule",
-                              f"{sizes} ends at {sizes[-1]}, not target_vocab {self.target_vocab}",
-                              "a schedule whose last size is the target")
-        steps = [self.initial_vocab, *sizes]
-        if any(b > a for a, b in zip(steps, steps[1:])):
-            raise ConfigError("schedule", f"{sizes} grows somewhere after initial_vocab {self.initial_vocab}",
-                              "non-increasing sizes from initial_vocab down to target_vocab")
-        names = [v.name for v in self.variants]
-        clash = [n for n in names if n in BASELINES or names.count(n) > 1]
-        if clash:
-            raise ConfigError("variants", f"name '{clash[0]}' is repeated or a baseline name", "unique names")
-        if self.round_train_tokens < self.lm.seq_len:
-            raise ConfigError("round_train_tokens", f"{self.round_train_tokens}",
-                              f">= lm.seq_len ({self.lm.seq_len})")
-        return self
-
-    def sizes(self) -> list[int]:
-        """Vocabulary size after each round: the schedule, or a linear one (as in the reference notes)."""
-        if self.schedule:
-            return list(self.schedule)
-        drop = self.initial_vocab - self.target_vocab
-        return [self.initial_vocab - round(drop * (r + 1) / self.rounds) for r in range(self.rounds)]
 
 
 @dataclass
@@ -235,8 +113,12 @@ def prepare(cfg: AdatConfig) -> Prepared:
     sample = None
     if cfg.unigram_docs is not None:
         sample = reservoir_sample(corpus.texts("train"), cfg.unigram_docs, cfg.seed)
-    proto = ev.train_unigram(vocab_texts(corpus, sample), cfg.initial_vocab, num_threads=2,
-                             character_coverage=cfg.character_coverage, where=f"corpus '{cfg.corpus}'")
+    if cfg.initial == "bytepiece":
+        proto = bytepiece_model(vocab_texts(corpus, sample), cfg.initial_vocab, ev.lossless_template(),
+                                cfg.bytepiece.settings())
+    else:
+        proto = ev.train_unigram(vocab_texts(corpus, sample), cfg.initial_vocab, num_threads=2,
+                                 character_coverage=cfg.character_coverage, where=f"corpus '{cfg.corpus}'")
     required = int(UnigramModel.from_sentencepiece(proto).required_mask().sum())
     if required > cfg.target_vocab:
         raise ConfigError("target_vocab", f"{cfg.target_vocab} is below the {required} required pieces "
@@ -387,6 +269,12 @@ def _evaluate_all(cfg: AdatConfig, data: Prepared, protos: dict[str, bytes], fol
         if processes.is_main:
             export(proto, UnigramModel.from_sentencepiece(proto), folder.path / "baselines" / "unigram")
         candidates["unigram"] = ev.sentencepiece_candidate("unigram", proto)
+    if "bytepiece" in cfg.evaluate.baselines:
+        proto = bytepiece_model(data.vocab_texts(), cfg.target_vocab, ev.lossless_template(), cfg.bytepiece.settings())
+        same_everywhere(processes, proto, "the BytePiece baseline")
+        if processes.is_main:
+            export(proto, UnigramModel.from_sentencepiece(proto), folder.path / "baselines" / "bytepiece")
+        candidates["bytepiece"] = ev.sentencepiece_candidate("bytepiece", proto)
     if "bpe" in cfg.evaluate.baselines:
         tok = ev.train_bpe(data.vocab_texts(), cfg.target_vocab)
         same_everywhere(processes, tok.to_str().encode("utf-8"), "the BPE baseline")

@@ -141,7 +141,8 @@ MAX_DOCUMENT_BYTES = 1 << 24
 
 
 def train_unigram(texts: Iterable[str], vocab_size: int, *, character_coverage: float = 0.9995,
-                  max_piece_length: int = 16, num_threads: int = 2, where: str = "corpus") -> bytes:
+                  max_piece_length: int = 16, num_threads: int = 2, where: str = "corpus",
+                  hard_vocab_limit: bool = True) -> bytes:
     """A sentencepiece Unigram ``.model`` (serialized) with byte fallback, the lossless normaliser of
     `units` (identity, U+2581 escaped, no dummy prefix, spaces kept) and specials <unk> <s> </s>
     <pad> at ids 0-3.
@@ -158,7 +159,7 @@ def train_unigram(texts: Iterable[str], vocab_size: int, *, character_coverage: 
                 # sentencepiece silently skips longer "sentences" (default 4192 bytes): whole Pile
                 # documents are longer, and our Unigram model counts them whole
                 max_sentence_length=MAX_DOCUMENT_BYTES, num_threads=num_threads, minloglevel=2,
-                pad_id=3, **normalizer)
+                pad_id=3, hard_vocab_limit=hard_vocab_limit, **normalizer)
     except RuntimeError as err:
         detail = " ".join(str(err).split())[-120:]
         if "Vocabulary size too high" not in detail:
@@ -167,6 +168,12 @@ def train_unigram(texts: Iterable[str], vocab_size: int, *, character_coverage: 
                         f"(sentencepiece: {detail})",
                         "more text, or a smaller vocabulary size") from None
     return without_rule_paths(buffer.getvalue())
+
+
+def lossless_template() -> bytes:
+    """A tiny `train_unigram` model, for its specs alone (normaliser, specials, byte fallback):
+    the template of vocabularies built another way (`bytepiece.to_model_proto`)."""
+    return train_unigram(["a"], 300, character_coverage=1.0, num_threads=1, hard_vocab_limit=False)
 
 
 def without_rule_paths(model_proto: bytes) -> bytes:
