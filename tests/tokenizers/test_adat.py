@@ -19,6 +19,8 @@ from madapt.data.text import read_texts
 from madapt.errors import ConfigError, DataError
 from madapt.runs import RunFolder
 from madapt.tokenizers import adat
+from madapt.tokenizers.adat_config import TABLE_5_1_TASKS
+from madapt.tokenizers.adat_report import seed_summary
 from madapt.tokenizers.evidence import lm_term, prune_by_evidence
 from madapt.tokenizers.scoring import LossAccumulator
 from madapt.tokenizers.unigram import UnigramModel
@@ -53,6 +55,37 @@ def test_linear_schedule_and_presets_validate(corpus_file: Path) -> None:
     real = load_config("adat/pythia70m_50k", ["corpus=/data/x.jsonl"])
     assert real.sizes() == [130000, 110000, 90000, 70000, 50000] and real.lm.preset == "pythia-70m"
     assert load_config("adat/micro").sizes()[-1] == load_config("adat/micro").target_vocab
+
+
+PRESETS = sorted(p.stem for p in (Path(adat.__file__).parents[1] / "configs" / "adat").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_experiment_preset_validates(name: str) -> None:
+    cfg = load_config(f"adat/{name}", [] if name.startswith("micro") else ["corpus=/data/x.jsonl"])
+    assert cfg.seeds is not None and len(cfg.seeds) == 3  # every comparison over 3 seeds
+    if name.startswith("micro"):
+        assert cfg.lm.preset in ("pythia-micro", "pythia-tiny") and cfg.corpus == "stdlib_docstrings"
+        assert cfg.evaluate.lm_eval is None  # offline
+    else:
+        assert cfg.lm.preset in ("pythia-70m", "pythia-160m", "pythia-410m") and cfg.lm.seq_len == 2048
+        assert tuple(cfg.evaluate.lm_eval.tasks) == TABLE_5_1_TASKS
+    assert set(cfg.evaluate.baselines) == {"unigram", "bpe", "bytepiece"} and cfg.evaluate.protocol == "steps"
+
+
+def test_presets_cover_the_remaining_experiments() -> None:
+    full = {name: load_config(f"adat/{name}", ["corpus=/data/x.jsonl"]) for name in PRESETS
+            if not name.startswith("micro")}
+    assert {c.lm.preset for c in full.values()} == {"pythia-70m", "pythia-160m", "pythia-410m"}  # Table 5.2
+    transfer = {(c.lm.preset, c.evaluate.lm.preset) for c in full.values() if c.evaluate.lm is not None}
+    assert transfer == {("pythia-70m", "pythia-160m"), ("pythia-70m", "pythia-410m"),
+                        ("pythia-410m", "pythia-70m"), ("pythia-410m", "pythia-160m")}  # Table 5.3
+    assert {c.target_vocab for c in full.values()} == {30000, 50000}  # Table 5.4
+    assert {c.initial_vocab for c in full.values()} == {75000, 100000, 150000, 200000}  # Tables 5.5/5.11
+    assert {c.rounds for c in full.values()} == {3, 5, 7}  # Table 5.10
+    assert {c.initial for c in full.values()} == {"unigram", "bytepiece"}  # Table 5.1
+    assert len({c.score_bytes for c in full.values()}) == 4  # Tables 5.5/5.11: 1M..1000M and all
+    assert {v.balance for c in full.values() for v in c.variants} == {"ratio", "diff", "logdiff"}
 
 
 @pytest.mark.parametrize("extra,match", [
@@ -225,3 +258,41 @@ def test_cli_reports_a_too_small_corpus_in_one_line(tmp_path: Path) -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "too small to train a 8000-piece" in lines[0] and not out.exists()
+
+
+def test_seed_summary_is_mean_and_sample_std_with_the_paired_difference() -> None:
+    def result(adat_bpb: float, uni_bpb: float) -> dict:
+        row = {"bytes_per_token": 3.0, "token_ppl": 9.0, "train_steps": 100}
+        return {"evaluation": {"adat": {**row, "bits_per_byte": adat_bpb}, "unigram": {**row, "bits_per_byte": uni_bpb}}}
+
+    summary = seed_summary({"0": result(2.0, 2.1), "1": result(2.2, 2.1), "2": result(2.1, 2.3)})
+    assert summary["tokenizers"]["adat"]["bits_per_byte"]["mean"] == pytest.approx(2.1)
+    assert summary["tokenizers"]["adat"]["bits_per_byte"]["std"] == pytest.approx(0.1)  # ddof = 1
+    paired = summary["bpb_minus_unigram"]["adat"]
+    assert paired["mean"] == pytest.approx((-0.1 + 0.1 - 0.2) / 3) and paired["seeds_below_unigram"] == 2
+    assert "unigram" not in summary["bpb_minus_unigram"]
+
+
+def test_seeds_override_from_the_command_line() -> None:
+    assert load_config("adat/micro", ["seeds=[4]"]).seeds == [4]
+    with pytest.raises(ConfigError, match="repeats"):
+        load_config("adat/micro", ["seeds=[1, 1]"])
+
+
+@pytest.mark.slow
+def test_several_seeds_run_in_their_folders_and_resume(corpus_file: Path, tmp_path: Path) -> None:
+    cfg = tiny(corpus_file, rounds=1, seeds=[0, 1], evaluate=dict(epochs=1, train_bytes=20_000,
+                                                                   baselines=["unigram"]))
+    folder = RunFolder(tmp_path / "run")
+    folder.start("kind: adat\n")
+    results = adat.run(cfg, adat.prepare(cfg), folder, Console(quiet=True))
+    assert set(results["seeds"]) == {"0", "1"} and (folder.path / "seed_1" / "results.json").is_file()
+    bpb = [results["seeds"][s]["evaluation"]["adat"]["bits_per_byte"] for s in ("0", "1")]
+    assert bpb[0] != bpb[1]  # other held-out split, other LMs
+    assert results["summary"]["tokenizers"]["adat"]["bits_per_byte"]["mean"] == pytest.approx(np.mean(bpb))
+    adat.report(results, folder, Console(quiet=True))
+    assert "over 2 seeds" in folder.report_path.read_text(encoding="utf-8")
+    # a finished seed is read back, not rerun
+    (folder.path / "seed_0" / "adat").rename(tmp_path / "moved")
+    again = adat.run(cfg, adat.prepare(cfg), folder, Console(quiet=True))
+    assert again["summary"] == results["summary"] and not (folder.path / "seed_0" / "adat").exists()

@@ -42,7 +42,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,12 +53,10 @@ from rich.console import Console
 
 from madapt.config import Recipe, register_recipe
 from madapt.errors import ConfigError, DataError
-from madapt.report import plots
-from madapt.report.markdown import Section, write_report
-from madapt.report.tables import print_table
 from madapt.runs import Checkpointer, RunFolder, atomic_write_json, rng_state, set_rng_state
 from madapt.tokenizers import evaluate as ev
 from madapt.tokenizers.adat_config import AdatConfig, VariantConfig
+from madapt.tokenizers.adat_report import report, seed_summary
 from madapt.tokenizers.bytepiece import bytepiece_model
 from madapt.tokenizers.corpus import PARTS, CorpusCounts, CorpusStream, HeldOut, reservoir_sample
 from madapt.tokenizers.evidence import EvidenceSearch, lm_term, prune_by_evidence
@@ -93,11 +91,16 @@ def vocab_texts(corpus: CorpusStream, sample: list[str] | None) -> Iterable[str]
 
 
 def prepare(cfg: AdatConfig) -> Prepared:
-    """Count and split the streamed corpus and train the initial vocabulary; every user-input
-    error is here. Each process of a multi-process run prepares the same (deterministic) result."""
+    """Count and split the streamed corpus and train the initial vocabulary (for the first of
+    ``seeds``, if given); every user-input error is here. Each process of a multi-process run
+    prepares the same (deterministic) result."""
+    if cfg.seeds is not None:
+        cfg = cfg.seeded(cfg.seeds[0])
     start = time.perf_counter()
     if cfg.evaluate.enabled and cfg.evaluate.lm_eval is not None:
         ev.require_lm_eval()  # fail in one line now, not after the rounds
+        if cfg.evaluate.lm_eval.data_root is not None:
+            ev.check_data_root(cfg.evaluate.lm_eval.data_root)
     corpus = CorpusStream(cfg.corpus, cfg.max_corpus_bytes,
                           HeldOut.seeded(cfg.eval_fraction, cfg.score_fraction, cfg.seed))
     counts = corpus.count()
@@ -191,7 +194,8 @@ def run_rounds(cfg: AdatConfig, variant: VariantConfig, data: Prepared, checkpoi
             wanted = model.matchable & ~required & (stats.freq > 0)
             search = EvidenceSearch(data.counts.docs["train"], cfg.evidence_fraction, wanted)
         alpha = None if cfg.sampling_alpha == "auto" else cfg.sampling_alpha
-        lm = piece_lm_loss(proto, reader, data.corpus.texts("score"), cfg.round_train_tokens, cfg.lm.settings(),
+        score_texts = first_bytes(data.corpus.texts("score"), cfg.score_bytes)
+        lm = piece_lm_loss(proto, reader, score_texts, cfg.round_train_tokens, cfg.lm.settings(),
                            seed, alpha=alpha, max_length_ratio=cfg.max_length_ratio,
                            calibration_docs=cfg.calibration_docs, evidence=search, processes=processes)
         term = lm_term(lm.acc, lm.evidence, stats.freq, model.matchable)
@@ -240,6 +244,16 @@ def run_rounds(cfg: AdatConfig, variant: VariantConfig, data: Prepared, checkpoi
             if on_round is not None:
                 on_round(r + 1, history[-1])
     return proto, history
+
+
+def first_bytes(texts: Iterable[str], max_bytes: int | None) -> Iterator[str]:
+    """The documents of ``texts`` up to the one that reaches ``max_bytes`` UTF-8 bytes (all if None)."""
+    total = 0
+    for text in texts:
+        if max_bytes is not None and total >= max_bytes:
+            return
+        total += len(text.encode("utf-8")) + 1
+        yield text
 
 
 def eval_train_texts(corpus: CorpusStream, max_bytes: int | None) -> list[str]:
@@ -309,11 +323,34 @@ def _evaluate_all(cfg: AdatConfig, data: Prepared, protos: dict[str, bytes], fol
 
 
 def run(cfg: AdatConfig, data: Prepared, folder: RunFolder, console: Console) -> dict[str, Any]:
-    """Every variant's rounds, then the evaluation. Under ``accelerate launch`` every process
-    runs this with its `Processes` (the results of the others are discarded); only the main
-    process writes into ``folder``."""
+    """Every variant's rounds, then the evaluation, once (``seed``) or per seed of ``seeds``, each
+    in its own ``seed_<s>`` folder (a finished seed is not rerun on resume), with the mean ± std
+    over seeds of every tokenizer's metrics (`seed_summary`). Under ``accelerate launch`` every
+    process runs this with its `Processes` (the results of the others are discarded); only the
+    main process writes into ``folder``."""
     torch.set_num_threads(cfg.threads)
     processes = join_processes()
+    if cfg.seeds is None:
+        return run_seed(cfg, data, folder, console, processes)
+    per_seed: dict[str, Any] = {}
+    for k, seed in enumerate(cfg.seeds):
+        sub = RunFolder(folder.path / f"seed_{seed}")
+        if sub.results_path.is_file():
+            per_seed[str(seed)] = sub.read_results()
+            continue
+        one = cfg.seeded(seed)
+        sub.path.mkdir(parents=True, exist_ok=True)
+        console.print(f"seed {seed} ({k + 1} of {len(cfg.seeds)})")
+        results = run_seed(one, data if k == 0 else prepare(one), sub, console, processes)
+        if processes.is_main:
+            sub.write_results(results)
+        per_seed[str(seed)] = results
+    return {"seeds": per_seed, "summary": seed_summary(per_seed)}
+
+
+def run_seed(cfg: AdatConfig, data: Prepared, folder: RunFolder, console: Console,
+             processes: Processes) -> dict[str, Any]:
+    """`run` for one seed."""
     same_everywhere(processes, data.initial_proto, "the initial sentencepiece vocabulary")
     t0, c0 = time.perf_counter(), time.process_time()
     stats, docs = data.counts.stats, data.counts.docs
@@ -355,42 +392,6 @@ def run(cfg: AdatConfig, data: Prepared, folder: RunFolder, console: Console) ->
     results["total_seconds"] = time.perf_counter() - t0 + data.seconds
     results["total_cpu_seconds"] = time.process_time() - c0
     return results
-
-
-def report(results: dict[str, Any], folder: RunFolder, console: Console) -> None:
-    """Comparison table (terminal + report.md), per-round tables and a held-out LM loss plot."""
-    sections = []
-    evaluation = results.get("evaluation", {})
-    rows = [{"tokenizer": name, "vocab": m["vocab_size"], "bits/byte": m["bits_per_byte"],
-             "token PPL (not comparable)": m["token_ppl"], "bytes/token": m["bytes_per_token"],
-             "train steps": m["train_steps"], "overlap w/ unigram": m.get("overlap_with_unigram")}
-            for name, m in evaluation.items()]
-    if rows:
-        print_table("ADAT vs baselines at equal vocabulary size (same LM, same training text)", rows,
-                    digits=3, console=console)
-        beats = results.get("beats_unigram_bpb", {})
-        verdicts = ", ".join(f"{n}: {'yes' if v else 'no'}" for n, v in beats.items())
-        sections.append(Section("Comparison", rows=rows, digits=3, text=(
-            "Bits per byte is the fair metric across vocabularies; token perplexity divides the same "
-            "NLL by a tokenizer-dependent token count and is shown only for comparison with the paper. "
-            f"Lower bits per byte than Unigram: {verdicts or 'n/a'}.")))
-    images = []
-    series = {}
-    for name, v in results["variants"].items():
-        round_rows = [{k: e[k] for k in ("round", "size_before", "size_after", "unseen_in_scoring",
-                                         "lm_train_loss", "lm_heldout_loss", "seconds")}
-                      | {"lowest pruned": " ".join(e["lowest_pruned"][:6])} for e in v["rounds"]]
-        heading = f"Rounds: {name} (balance {v['balance']}, β {v['beta']} on {v['momentum_on']})"
-        sections.append(Section(heading,
-                                rows=round_rows, digits=3, text=f"Final size {v['final_size']}, round trip "
-                                f"lossless: {v['roundtrip_lossless']}."))
-        series[name] = [e["lm_heldout_loss"] for e in v["rounds"]]
-    if series:
-        xs = list(range(1, len(next(iter(series.values()))) + 1))
-        images.append(plots.curves(xs, series, folder.path / "heldout_loss.png", "round",
-                                   "held-out LM loss per token (nats)", "Scoring LM per round"))
-        sections.append(Section("Scoring LM", images=images))
-    write_report(folder.path, "ADAT report", sections)
 
 
 register_recipe(Recipe("adat", AdatConfig, prepare, run, report, multiprocess=True))

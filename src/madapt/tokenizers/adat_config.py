@@ -41,14 +41,22 @@ class VariantConfig(Strict):
     momentum_on: Literal["score", "lm_loss"] = Field("score", description="what eq. 5.5 smooths")
 
 
+# The nine lm-eval tasks of Table 5.1 (names of lm-evaluation-harness 0.4).
+TABLE_5_1_TASKS = ("arc_challenge", "arc_easy", "boolq", "lambada_openai", "logiqa", "piqa", "sciq", "sst2",
+                   "winogrande")
+
+
 class LMEvalConfig(Strict):
     """lm-evaluation-harness tasks (§5.4.1.4: five-shot ARC-C/E, BoolQ, LAMBADA, LogiQA, PIQA, SciQ,
-    SST-2, Winogrande); needs the ``lm-eval`` extra and Hub access (or local copies) for the data."""
+    SST-2, Winogrande, `TABLE_5_1_TASKS`); needs the ``lm-eval`` extra and Hub access or local copies
+    of the data (``data_root``)."""
 
     tasks: list[str] = Field(min_length=1, description="lm-eval task names, e.g. arc_easy, piqa")
     num_fewshot: int = Field(5, ge=0, description="§5.4.1.4: five-shot")
     limit: int | None = Field(None, gt=0, description="examples per task (None = all)")
     batch_size: int = Field(8, gt=0)
+    data_root: str | None = Field(None, description="a Hugging Face cache folder holding the tasks' datasets "
+                                  "(lm-eval's offline guide); read offline. None = download from the Hub")
 
     @model_validator(mode="after")
     def _check(self) -> LMEvalConfig:
@@ -62,7 +70,7 @@ class LMEvalConfig(Strict):
         return self
 
     def spec(self) -> ev.LMEvalSpec:
-        return ev.LMEvalSpec(tuple(self.tasks), self.num_fewshot, self.limit, self.batch_size)
+        return ev.LMEvalSpec(tuple(self.tasks), self.num_fewshot, self.limit, self.batch_size, self.data_root)
 
 
 class BytePieceConfig(Strict):
@@ -94,12 +102,16 @@ class EvalConfig(Strict):
 class AdatConfig(Strict):
     kind: Literal["adat"]
     seed: int = 0
+    seeds: list[int] | None = Field(None, min_length=1, description="run everything once per seed (held-out "
+                                    "split, initial sample, LMs, sampling) and report mean ± std; None = seed")
     threads: int = Field(1, ge=1, description="torch intra-op threads (1 is fastest for micro models)")
     corpus: str = Field("stdlib_docstrings",
                         description="a bundled corpus name or a .txt/.jsonl(.xz/.gz) path")
     max_corpus_bytes: int | None = Field(None, gt=0, description="read the file's first documents up to this")
     score_fraction: float = Field(0.1, gt=0, lt=0.5, description="documents held out (spread evenly) "
                                   "for the LM loss b (§5.4.2: 0.1B tokens)")
+    score_bytes: int | None = Field(None, gt=0, description="read at most this many bytes of the scoring slice "
+                                    "(Tables 5.5/5.11: inference data 1M-1000M tokens); None = all of it")
     eval_fraction: float = Field(0.1, gt=0, lt=0.5,
                                  description="documents held out (spread evenly) for the evaluation")
     unigram_docs: int | None = Field(
@@ -145,6 +157,8 @@ class AdatConfig(Strict):
         if any(b > a for a, b in zip(steps, steps[1:])):
             raise ConfigError("schedule", f"{sizes} grows somewhere after initial_vocab {self.initial_vocab}",
                               "non-increasing sizes from initial_vocab down to target_vocab")
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError("seeds", f"{self.seeds} repeats a seed", "distinct seeds")
         names = [v.name for v in self.variants]
         clash = [n for n in names if n in BASELINES or names.count(n) > 1]
         if clash:
@@ -153,6 +167,10 @@ class AdatConfig(Strict):
             raise ConfigError("round_train_tokens", f"{self.round_train_tokens}",
                               f">= lm.seq_len ({self.lm.seq_len})")
         return self
+
+    def seeded(self, seed: int) -> AdatConfig:
+        """This config for one seed alone."""
+        return self.model_copy(update={"seed": seed, "seeds": None})
 
     def sizes(self) -> list[int]:
         """Vocabulary size after each round: the schedule, or a linear one (as in the reference notes)."""

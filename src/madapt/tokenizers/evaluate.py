@@ -32,10 +32,13 @@ task fails with one line naming it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -83,6 +86,36 @@ class LMEvalSpec:
     num_fewshot: int = 5
     limit: int | None = None
     batch_size: int = 8
+    data_root: str | None = None  # a Hugging Face cache with the tasks' datasets, read offline
+
+
+def check_data_root(data_root: str) -> None:
+    """A missing lm-eval data folder is a one-line `DataError`."""
+    if not Path(data_root).is_dir():
+        raise DataError(f"evaluate.lm_eval.data_root '{data_root}'", "is not a folder",
+                        "a Hugging Face cache folder with the tasks' datasets (lm-eval's offline guide)")
+
+
+@contextlib.contextmanager
+def offline_datasets(data_root: str | None) -> Iterator[None]:
+    """Point the Hugging Face datasets/hub caches at ``data_root`` and forbid downloads while
+    lm-eval runs (restored afterwards); a missing folder is a one-line `DataError`."""
+    if data_root is None:
+        yield
+        return
+    check_data_root(data_root)
+    names = {"HF_DATASETS_CACHE": data_root, "HF_HUB_CACHE": str(Path(data_root) / "hub"),
+             "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    before = {k: os.environ.get(k) for k in names}
+    os.environ.update(names)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 LM_EVAL_EXTRA = "pip install 'madapt[lm-eval]'"
@@ -124,13 +157,16 @@ def run_lm_eval(model: Any, tokenizer: Any, spec: LMEvalSpec, max_length: int) -
     out: dict[str, dict[str, float]] = {}
     for task in spec.tasks:
         try:
-            result = lm_eval.simple_evaluate(model=lm, tasks=[task], num_fewshot=spec.num_fewshot, limit=spec.limit)
+            with offline_datasets(spec.data_root):
+                result = lm_eval.simple_evaluate(model=lm, tasks=[task], num_fewshot=spec.num_fewshot,
+                                                 limit=spec.limit)
         except Exception as err:
             if not _is_download_failure(err):
                 raise
             detail = " ".join(str(err).split())[:100]
+            where = f" in data_root {spec.data_root}" if spec.data_root else " (offline?)"
             raise DataError(f"lm-eval task '{task}'", f"its dataset could not be loaded ({type(err).__name__}: "
-                            f"{detail}; offline?)", "Hugging Face Hub access, or a local copy of the dataset "
+                            f"{detail}){where}", "Hugging Face Hub access, or a local copy of the dataset "
                             "(lm-eval's offline guide)") from None
         metrics = result["results"].get(task, {})
         out[task] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
