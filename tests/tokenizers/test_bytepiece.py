@@ -3,6 +3,7 @@ and the sentencepiece form ADAT and the evaluation use."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 
@@ -63,7 +64,7 @@ def documented_viterbi(text: bytes, logp: dict[bytes, float], order: int) -> lis
         states.append(state)
     states.reverse()
     cuts = [i for i, s in enumerate(states) if s == 0] + [n]
-    return [text[a:b] for a, b in zip(cuts, cuts[1:])]
+    return [text[a:b] for a, b in itertools.pairwise(cuts)]
 
 
 def test_chunks_are_lines_with_their_newlines() -> None:
@@ -129,9 +130,10 @@ def test_adat_starts_from_a_bytepiece_vocabulary(tmp_path) -> None:
 
     corpus = tmp_path / "docs.txt"
     corpus.write_text("\n".join(read_texts("stdlib_docstrings")[0][:400]) + "\n", encoding="utf-8")
-    cfg = adat.AdatConfig.model_validate(dict(
-        kind="adat", corpus=str(corpus), initial="bytepiece", initial_vocab=800, target_vocab=650, rounds=1,
-        round_train_tokens=300, lm=dict(seq_len=16, batch_size=4, eval_batch_size=16), evaluate=dict(enabled=False)))
+    cfg = adat.AdatConfig.model_validate({
+        "kind": "adat", "corpus": str(corpus), "initial": "bytepiece", "initial_vocab": 800, "target_vocab": 650,
+        "rounds": 1, "round_train_tokens": 300, "lm": {"seq_len": 16, "batch_size": 4, "eval_batch_size": 16},
+        "evaluate": {"enabled": False}})
     data = adat.prepare(cfg)
     initial = list(bp.read_model_proto(data.initial_proto).pieces)
     assert len(initial) == 800 and any("▁" in p.piece[1:] for p in initial)  # BytePiece's cross-word pieces

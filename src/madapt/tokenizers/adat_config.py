@@ -6,6 +6,7 @@ the scoring LM, a pruning variant (Table 5.5 ablations), the evaluation, BytePie
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Literal
 
@@ -154,7 +155,7 @@ class AdatConfig(Strict):
                               f"{sizes} ends at {sizes[-1]}, not target_vocab {self.target_vocab}",
                               "a schedule whose last size is the target")
         steps = [self.initial_vocab, *sizes]
-        if any(b > a for a, b in zip(steps, steps[1:])):
+        if any(b > a for a, b in itertools.pairwise(steps)):
             raise ConfigError("schedule", f"{sizes} grows somewhere after initial_vocab {self.initial_vocab}",
                               "non-increasing sizes from initial_vocab down to target_vocab")
         if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):

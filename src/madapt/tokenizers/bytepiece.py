@@ -35,6 +35,7 @@ the unknown-character penalty, BytePiece the bytes' own scores).
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections import Counter
@@ -67,9 +68,9 @@ def chunks(text: str, settings: BytePieceSettings = BytePieceSettings()) -> list
     """Step 1: lines with their trailing newlines (or single digits), as UTF-8 bytes."""
     n = settings.max_chunk
     if settings.isolate_digits:
-        pattern = r"\d|[^\n\d]{0,%d}\n{1,100}|[^\n\d]{1,%d}" % (n, n)
+        pattern = rf"\d|[^\n\d]{{0,{n}}}\n{{1,100}}|[^\n\d]{{1,{n}}}"
     else:
-        pattern = r".{0,%d}\n{1,100}|.{1,%d}" % (n, n)
+        pattern = rf".{{0,{n}}}\n{{1,100}}|.{{1,{n}}}"
     return [t.encode("utf-8") for t in re.findall(pattern, text)]
 
 
@@ -185,10 +186,10 @@ def segment_texts(texts: list[bytes], ngrams: NgramModel, ensure_unicode: bool =
     joined, cuts = segment(texts, ngrams, ensure_unicode)
     _, starts = _concat(texts)
     out = []
-    for lo, hi in zip(starts[:-1], starts[1:]):
+    for lo, hi in itertools.pairwise(starts):
         inner = cuts[(cuts >= lo) & (cuts < hi)]
         bounds = np.append(inner, hi)
-        out.append([joined[s:e] for s, e in zip(bounds[:-1], bounds[1:])])
+        out.append([joined[s:e] for s, e in itertools.pairwise(bounds)])
     return out
 
 
