@@ -77,6 +77,21 @@ def test_evaluate_trains_on_equal_bytes_and_metrics_agree(corpus: list[str]) -> 
     assert results["unigram"]["train_tokens"] != results["bpe"]["train_tokens"]
 
 
+def test_equal_steps_protocol_gives_every_tokenizer_the_same_steps(corpus: list[str]) -> None:
+    settings = LMSettings(seq_len=32, batch_size=4, eval_batch_size=16)
+    fine = ev.sentencepiece_candidate("fine", ev.train_unigram(corpus, 400))  # more tokens per byte
+    coarse = ev.sentencepiece_candidate("coarse", ev.train_unigram(corpus, 900))
+    train, held = corpus[:60], corpus[250:260]
+    own = {c.name: ev.evaluate(c, train, held, settings, epochs=1, seed=0)["train_steps"] for c in (fine, coarse)}
+    assert own["fine"] > own["coarse"]  # the confound: equal bytes give the finer tokenizer more steps
+    steps = ev.equal_steps([fine, coarse], train, settings, epochs=1)
+    assert steps == own["coarse"]
+    equal = {c.name: ev.evaluate(c, train, held, settings, epochs=1, seed=0, steps=steps) for c in (fine, coarse)}
+    assert equal["fine"]["train_steps"] == equal["coarse"]["train_steps"] == steps
+    assert equal["fine"]["train_tokens_seen"] == equal["coarse"]["train_tokens_seen"] == steps * 4 * 31
+    assert equal["fine"]["train_epochs_seen"] < equal["coarse"]["train_epochs_seen"] <= 1.0
+
+
 def _tiny_adat(**evaluate) -> dict:
     return {"kind": "adat", "corpus": "stdlib_docstrings", "initial_vocab": 700, "target_vocab": 500,
             "rounds": 1, "evaluate": evaluate}
@@ -179,5 +194,5 @@ def test_initial_vocabulary_learns_from_documents_longer_than_sentencepieces_def
 
     short = ["the cat sat on the mat", "a dog ran in the park", "birds sing at dawn"] * 200
     long_doc = "жир " * 3000
-    sp = spm.SentencePieceProcessor(model_proto=train_unigram([*short, long_doc], 280))
+    sp = spm.SentencePieceProcessor(model_proto=train_unigram([*short, long_doc], 284))
     assert "ж" in {sp.id_to_piece(i) for i in range(sp.get_piece_size())}

@@ -13,6 +13,7 @@ from madapt.backbones.causal_lm import build_causal_lm
 from madapt.data.text import read_texts
 from madapt.tokenizers.corpus import CyclicReader
 from madapt.tokenizers.evaluate import train_unigram
+from madapt.tokenizers.evidence import EvidenceSearch
 from madapt.tokenizers.lm_scoring import (
     LMSettings,
     accumulate_loss,
@@ -23,6 +24,7 @@ from madapt.tokenizers.lm_scoring import (
     take_tokens,
     train_lm,
 )
+from madapt.tokenizers.sampling import SegmentationSampler, calibrate_alpha, length_ratio
 
 SEP = 2
 
@@ -112,13 +114,55 @@ def test_training_lowers_the_loss() -> None:
 def test_piece_lm_loss_counts_the_viterbi_occurrences(proto: bytes, corpus: list[str]) -> None:
     settings = LMSettings(seq_len=32, batch_size=4)
     score = corpus[300:320]
-    acc, losses = piece_lm_loss(proto, corpus[:300], score, train_tokens=400, settings=settings, seed=0)
+    lm = piece_lm_loss(proto, corpus[:300], score, train_tokens=400, settings=settings, seed=0)
     sp = spm.SentencePieceProcessor(model_proto=proto)
     expected = Counter(stream(sp_encoder(sp), score, sp.eos_id()))
-    assert len(losses) == 4  # ceil(400 / (4 * 31))
-    counts = acc.count.numpy()
+    assert len(lm.losses) == 4  # ceil(400 / (4 * 31))
+    counts = lm.acc.count.numpy()
     assert {i: int(c) for i, c in enumerate(counts) if c} == dict(expected)
-    assert (acc.total.numpy()[counts > 0] > 0).all() and (acc.total.numpy()[counts == 0] == 0).all()
+    assert (lm.acc.total.numpy()[counts > 0] > 0).all() and (lm.acc.total.numpy()[counts == 0] == 0).all()
+    assert lm.alpha == 0.1 and lm.calibration_ratio is None and lm.length_ratio > 1
     # same seed -> same model and loss (the resume guarantee rests on this)
-    acc2, _ = piece_lm_loss(proto, corpus[:300], score, train_tokens=400, settings=settings, seed=0)
-    torch.testing.assert_close(acc.total, acc2.total)
+    again = piece_lm_loss(proto, corpus[:300], score, train_tokens=400, settings=settings, seed=0)
+    torch.testing.assert_close(lm.acc.total, again.acc.total)
+
+
+def test_auto_alpha_keeps_the_sampled_length_within_the_bound(proto: bytes, corpus: list[str]) -> None:
+    # alpha = 0.1 over-segments far beyond 1.2x; the calibrated alpha stays under the bound on the
+    # round's text and on text it was not calibrated on.
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    sampler = SegmentationSampler.from_proto(proto, 0.1)
+    viterbi = np.array([len(ids) for ids in sp.encode(corpus[200:400])])
+    assert length_ratio(sampler, viterbi, corpus[200:400], np.random.default_rng(0)) > 1.3
+    alpha, ratio = calibrate_alpha(proto, corpus[:150], 1.2, seed=0)
+    assert 0.1 < alpha < 4 and ratio <= 1.15
+    fresh = SegmentationSampler.from_proto(proto, alpha)
+    assert length_ratio(fresh, viterbi, corpus[200:400], np.random.default_rng(5)) <= 1.2
+    # ... and a smaller alpha would have broken it (the smallest alpha under the bound is chosen)
+    looser = SegmentationSampler.from_proto(proto, alpha / 1.6)
+    assert length_ratio(looser, viterbi, corpus[200:400], np.random.default_rng(5)) > 1.15
+    lm = piece_lm_loss(proto, corpus[:300], corpus[300:320], train_tokens=2000,
+                       settings=LMSettings(seq_len=32, batch_size=4), seed=0, alpha=None, calibration_docs=100)
+    assert lm.calibration_ratio is not None and lm.calibration_ratio <= 1.15 and lm.length_ratio <= 1.2
+
+
+def test_pieces_absent_from_the_slice_are_scored_on_unseen_training_text(proto: bytes, corpus: list[str]) -> None:
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    train, score = corpus[:300], corpus[300:310]
+    in_slice = np.zeros(sp.get_piece_size(), bool)
+    in_slice[[i for ids in sp.encode(score) for i in ids]] = True
+    wanted = np.zeros(sp.get_piece_size(), bool)
+    wanted[sp.get_piece_size() // 2:] = True  # some in the slice, most not
+    reader = CyclicReader.over(train)
+    lm = piece_lm_loss(proto, reader, score, train_tokens=600, settings=LMSettings(seq_len=32, batch_size=4),
+                       seed=0, evidence=EvidenceSearch(len(train), token_fraction=50.0, wanted=wanted))
+    first_unseen = reader.position  # the round trained on train[:first_unseen]
+    assert 0 < first_unseen < 100 and lm.evidence is not None and lm.evidence_docs > 0
+    got = lm.evidence.count.numpy() > 0
+    missing = wanted & ~in_slice
+    unseen = np.zeros_like(got)
+    unseen[[i for ids in sp.encode(train[first_unseen:]) for i in ids] + [sp.eos_id()]] = True
+    # every missing piece that unseen text holds got evidence, and only unseen text was scored:
+    # no evidence for a piece that occurs only in the documents the LM trained on
+    assert missing.sum() > 20 and ((missing & unseen) <= got).all()
+    assert not (got & ~unseen).any()

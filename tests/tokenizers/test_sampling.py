@@ -100,11 +100,11 @@ def proto(corpus: list[str]) -> bytes:
 
 
 @pytest.mark.parametrize("alpha", [0.1, 1.0])
-@pytest.mark.parametrize("text", ["abcab", "bcabxcab"])  # x: an unknown character
+@pytest.mark.parametrize("text", [" abcab", " bcabxcab"])  # x: an unknown character
 def test_sample_frequencies_match_exact_segmentation_probabilities(text: str, alpha: float) -> None:
     model = tiny_model()
     sampler = SegmentationSampler(model, alpha)
-    word = "▁" + text
+    word = text.replace(" ", "▁")  # no dummy prefix: the space itself is the "▁"
     n = 20_000
     draws = Counter(as_pieces(model, word, ids) for ids in sampler.sample([text] * n, np.random.default_rng(0)))
     exact = exact_probabilities(word, model, alpha)
@@ -123,7 +123,7 @@ def test_sentencepiece_sampler_draws_from_the_same_distribution(proto: bytes) ->
     model = UnigramModel.from_sentencepiece(proto)
     sp = spm.SentencePieceProcessor(model_proto=proto)
     text, alpha, n = "retЖurns", 0.3, 10_000
-    word = "▁" + text
+    word = text
     exact = exact_probabilities(word, model, alpha)
     spm.set_random_generator_seed(3)
     ours = SegmentationSampler.from_proto(proto, alpha).sample([text] * n, np.random.default_rng(3))
@@ -154,11 +154,10 @@ def test_large_alpha_gives_the_viterbi_segmentation(proto: bytes, corpus: list[s
     model = tiny_model(1)
     words = ["abcab", "bcabca", "cabxab", "aaa"]
     sampled = SegmentationSampler(model, alpha=1e4).sample(words, np.random.default_rng(0))
-    assert [as_pieces(model, "▁" + w, s) for w, s in zip(words, sampled)] == [
-        tuple(p) for p in viterbi(model, ["▁" + w for w in words])]
+    assert [as_pieces(model, w, s) for w, s in zip(words, sampled)] == [tuple(p) for p in viterbi(model, words)]
     # ... and sentencepiece's own Viterbi ids on real text, byte fallback included.
     sp = spm.SentencePieceProcessor(model_proto=proto)
-    texts = corpus[400:700] + ["Жx中  two\tspaces ", " "]
+    texts = corpus[400:700] + ["Жx中  two\tspaces ", " ", "a\u2581b\ue000 \n\u00a0"]
     sampler = SegmentationSampler.from_proto(proto, alpha=1e4)
     assert sampler.sample(texts, np.random.default_rng(1)) == [sp.encode(t) for t in texts]
 
@@ -184,7 +183,7 @@ def test_unit_cache_and_without_byte_fallback_runs_of_unknowns_merge() -> None:
     model = tiny_model()
     sampler = SegmentationSampler(model, alpha=0.5)
     out = sampler.sample(["ab xyab", "", "ab ab"], np.random.default_rng(0))
-    assert out[1] == [] and sampler.n_cached_units == 2  # "▁ab" and "▁xyab"
+    assert out[1] == [] and sampler.n_cached_units == 3  # "ab", "▁xyab" and "▁ab"
     unk = model.unk_id
     assert out[0].count(unk) == 1  # "xy": two unknown characters, one <unk> (sentencepiece's rule)
     assert [i for i in out[0] if i != unk] and unk not in out[2]
@@ -207,9 +206,9 @@ def test_a_piece_with_an_inner_space_disables_unit_splitting() -> None:
     model = UnigramModel(pieces, np.log(np.full(len(pieces), 1 / len(pieces))),
                          [UNKNOWN, CONTROL] + [NORMAL] * (len(pieces) - 2))
     sampler = SegmentationSampler(model, alpha=100.0)
-    assert not sampler.split_units
+    assert sampler.unit_mode == "lines"
     ids = sampler.sample(["ca b"], np.random.default_rng(0))[0]
-    assert [model.pieces[i] for i in ids] == ["▁c", "a▁b"]  # fewest pieces at equal scores
+    assert [model.pieces[i] for i in ids] == ["c", "a▁b"]  # fewest pieces at equal scores
 
 
 @pytest.fixture(scope="module")

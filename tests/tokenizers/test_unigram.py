@@ -19,12 +19,17 @@ from madapt.tokenizers.unigram import (
     corpus_loglik,
     corpus_loglik_without,
     exact_removal_loss,
-    expected_counts,
-    reestimate_scores,
-    removal_loss,
     viterbi,
     word_counts,
     word_logliks,
+)
+from madapt.tokenizers.unigram_round import (
+    expected_counts,
+    reestimate_scores,
+    removal_loss,
+    round_stats,
+    viterbi_counts,
+    word_chunks,
 )
 
 PIECES = ["<unk>", "<s>", "▁", "a", "b", "c", "ab", "bc", "ca", "abc", "▁a", "▁ab", "▁c", "bca",
@@ -70,10 +75,30 @@ def brute_viterbi(word: str, vocab: dict[str, float]) -> list[str]:
     return max(segmentations(word, vocab), key=lambda ps: ps[1])[0]
 
 
-def test_word_counts_makes_unique_space_prefixed_units() -> None:
-    corpus = word_counts(["ab  ab\tc", "c ab"])
-    assert corpus.words == ["▁ab", "▁c"]
-    assert corpus.counts.tolist() == [3.0, 2.0]
+def test_word_counts_split_before_each_space_only() -> None:
+    # sentencepiece's SplitIntoWords: a cut before every "▁"; tabs stay inside their word, a
+    # second space is a word of its own, and without a dummy prefix the first word has no "▁".
+    corpus = word_counts(["ab  ab\tc", "c ab", "ab"])
+    assert corpus.words == ["ab", "c", "▁", "▁ab", "▁ab\tc"]
+    assert corpus.counts.tolist() == [2.0, 1.0, 1.0, 1.0, 1.0]
+    lines = word_counts(["a b\n\nc d"], mode="lines")
+    assert lines.words == ["a▁b\n\n", "c▁d"]
+
+
+def test_chunked_statistics_equal_one_chunk() -> None:
+    model, corpus = tiny_model(1), word_counts(SENTENCES * 2 + ["abcabcabcabc cab"])
+    chunks = list(word_chunks(corpus, chunk_chars=7))
+    assert len(chunks) > 3 and sum(len(w) for w, _ in chunks) == len(corpus.words)
+    whole, parts = round_stats(model, corpus, chunk_chars=10**9), round_stats(model, corpus, chunk_chars=7)
+    np.testing.assert_array_equal(whole.loss, parts.loss)
+    np.testing.assert_allclose(whole.freq, viterbi_counts(model, corpus, chunk_chars=5))
+    e1, z1 = expected_counts(model, corpus, chunk_chars=10**9)
+    e2, z2 = expected_counts(model, corpus, chunk_chars=6)
+    np.testing.assert_allclose(e1, e2, rtol=1e-12)
+    assert z1 == pytest.approx(z2, rel=1e-12)
+    cached = reestimate_scores(model, corpus, 3, chunk_chars=6)
+    rebuilt = reestimate_scores(model, corpus, 3, chunk_chars=6, cache_bytes=0)
+    np.testing.assert_array_equal(cached.scores, rebuilt.scores)
 
 
 def test_corpus_loglik_is_sum_over_all_segmentations() -> None:

@@ -3,8 +3,9 @@ JSONL with a ``"text"`` field, optionally xz/gzip-compressed, read as a stream.
 
 Bad lines never crash a run: empty lines, lines that are not UTF-8, JSONL lines that are not JSON
 objects with a string ``"text"`` are skipped and counted in `ReadStats` so the caller can report
-how many were dropped. Newlines inside a JSONL text are turned into spaces, because downstream a
-line is one sentence (sentencepiece's unit).
+how many were dropped. A JSONL text is kept exactly as the corpus has it, newlines included:
+sentencepiece takes each document whole (its word split cuts at spaces only, `tokenizers.units`),
+so a newline is a character of the text like any other. A plain-text document is one line.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def iter_texts(path: str | Path, stats: ReadStats | None = None,
                 if not isinstance(text, str):
                     stats.skip("no string 'text' field")
                     continue
-                line = " ".join(text.splitlines())
+                line = text
             if not line.strip():
                 stats.skip("empty")
                 continue

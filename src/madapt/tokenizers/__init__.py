@@ -9,13 +9,11 @@ from madapt.tokenizers.unigram import (
     corpus_loglik,
     corpus_loglik_without,
     exact_removal_loss,
-    expected_counts,
-    reestimate_scores,
-    removal_loss,
     viterbi,
     word_counts,
     word_logliks,
 )
+from madapt.tokenizers.unigram_round import expected_counts, reestimate_scores, removal_loss
 
 __all__ = [
     "LossAccumulator",

@@ -1,12 +1,18 @@
 """Recipe ``kind: adat``: adaptive tokenizers pruned with the LM's own loss (seed 000 ch. 5).
 
-Pipeline (Fig. 5.1, §5.4.2): a large sentencepiece Unigram vocabulary is trained on the corpus;
-each round (eqs. 5.3-5.5) trains a fresh GPT-NeoX on sampled segmentations, sums every piece's
-cross-entropy on a held-out slice (b), computes the Unigram removal loss (a, eq. 5.2), combines
-them with the balance function and momentum, prunes the lowest-scoring non-required pieces down to
-the round's size, re-estimates the scores by EM and exports the next round's ``.model``. Finally
-every variant (ablations of Table 5.5 are variants) is compared with Unigram and BPE baselines
-at the same vocabulary size by training the same LM on the same text (`tokenizers.evaluate`).
+Pipeline (Fig. 5.1, §5.4.2): a large initial vocabulary is trained on the corpus (sentencepiece
+Unigram, or BytePiece for Table 5.1's "ADAT+By", `tokenizers.bytepiece`); each round computes
+every piece's Viterbi count and Unigram removal loss a (eq. 5.2) in one pass
+(`unigram_round.round_stats`), trains a fresh GPT-NeoX on sampled segmentations (α calibrated so
+the sampled text stays within ``max_length_ratio`` of Viterbi's length, reported per round) and
+sums every piece's cross-entropy on a held-out slice (b, eq. 5.3); pieces the slice lacks are
+scored on training text the round's LM never read, and those with no evidence at all are kept
+out of the LM ranking (`tokenizers.evidence`). a and b are combined with the balance function and
+momentum (eqs. 5.4-5.5), the lowest-scoring non-required pieces pruned down to the round's size,
+the scores re-estimated by EM and the next round's ``.model`` exported. Finally every variant
+(ablations of Table 5.5 are variants) is compared with the Unigram, BPE and BytePiece baselines
+at the same vocabulary size by training the same LM on the same text for the same number of
+steps (`tokenizers.evaluate`).
 
 Corpus (`tokenizers.corpus`): the file is streamed in order, never loaded. Evaluation and
 scoring documents are held out by position (fixed, disjoint from the training text); the initial
@@ -34,158 +40,33 @@ across subprocesses).
 from __future__ import annotations
 
 import json
-import re
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import sentencepiece as spm
 import torch
-from pydantic import Field, model_validator
 from rich.console import Console
 
-from madapt.config import Recipe, Strict, register_recipe
+from madapt.config import Recipe, register_recipe
 from madapt.errors import ConfigError, DataError
-from madapt.report import plots
-from madapt.report.markdown import Section, write_report
-from madapt.report.tables import print_table
 from madapt.runs import Checkpointer, RunFolder, atomic_write_json, rng_state, set_rng_state
 from madapt.tokenizers import evaluate as ev
+from madapt.tokenizers.adat_config import AdatConfig, VariantConfig
+from madapt.tokenizers.adat_report import report, seed_summary
+from madapt.tokenizers.bytepiece import bytepiece_model
 from madapt.tokenizers.corpus import PARTS, CorpusCounts, CorpusStream, HeldOut, reservoir_sample
+from madapt.tokenizers.evidence import EvidenceSearch, lm_term, prune_by_evidence
 from madapt.tokenizers.export import export, model_proto
-from madapt.tokenizers.lm_scoring import LMSettings, piece_lm_loss
-from madapt.tokenizers.scoring import adat_score, carry_over, momentum, prune
-from madapt.tokenizers.unigram import (
-    UnigramModel,
-    WordCorpus,
-    reestimate_scores,
-    removal_loss,
-    viterbi,
-    word_counts,
-)
+from madapt.tokenizers.lm_scoring import piece_lm_loss
+from madapt.tokenizers.scoring import adat_score, carry_over, momentum
+from madapt.tokenizers.unigram import UnigramModel, WordCorpus, word_counts
+from madapt.tokenizers.unigram_round import reestimate_scores, round_stats
+from madapt.tokenizers.units import sp_normalizer, unit_mode
 from madapt.training import Processes, join_processes
-
-BASELINES = ("unigram", "bpe")
-
-
-class LMConfig(Strict):
-    preset: str = Field("pythia-micro", description="a GPT-NeoX preset from madapt.backbones.causal_lm")
-    seq_len: int = Field(128, ge=8, description="Pythia: 2048")
-    batch_size: int = Field(16, gt=0, description="sequences per step (Pythia: 1024)")
-    lr: float = Field(1e-3, gt=0, description="Pythia-70M: 1e-3")
-    weight_decay: float = Field(0.1, ge=0)
-    warmup_frac: float = Field(0.01, ge=0, le=1, description="Pythia: 1% warmup")
-    eval_batch_size: int = Field(32, gt=0)
-
-    def settings(self) -> LMSettings:
-        return LMSettings(**self.model_dump())
-
-
-class VariantConfig(Strict):
-    name: str = Field("adat", pattern=r"^[A-Za-z0-9_.-]+$")
-    balance: Literal["ratio", "diff", "logdiff"] = Field("ratio", description="Table 5.5: F(a, b)")
-    lam: float = Field(1.0, gt=0, description="λ of eq. 5.4")
-    beta: float = Field(0.9, ge=0, description="momentum β of eq. 5.5 (0 = no momentum)")
-    momentum_on: Literal["score", "lm_loss"] = Field("score", description="what eq. 5.5 smooths")
-
-
-class LMEvalConfig(Strict):
-    """lm-evaluation-harness tasks (§5.4.1.4: five-shot ARC-C/E, BoolQ, LAMBADA, LogiQA, PIQA, SciQ,
-    SST-2, Winogrande); needs the ``lm-eval`` extra and Hub access (or local copies) for the data."""
-
-    tasks: list[str] = Field(min_length=1, description="lm-eval task names, e.g. arc_easy, piqa")
-    num_fewshot: int = Field(5, ge=0, description="§5.4.1.4: five-shot")
-    limit: int | None = Field(None, gt=0, description="examples per task (None = all)")
-    batch_size: int = Field(8, gt=0)
-
-    @model_validator(mode="after")
-    def _check(self) -> LMEvalConfig:
-        for task in self.tasks:
-            if not re.fullmatch(r"[A-Za-z0-9_.\-]+", task):
-                raise ConfigError("evaluate.lm_eval.tasks", f"'{task}' is not a task name",
-                                  "lm-eval task names such as arc_easy or lambada_openai")
-        repeated = [t for t in self.tasks if self.tasks.count(t) > 1]
-        if repeated:
-            raise ConfigError("evaluate.lm_eval.tasks", f"'{repeated[0]}' is listed twice", "each task once")
-        return self
-
-    def spec(self) -> ev.LMEvalSpec:
-        return ev.LMEvalSpec(tuple(self.tasks), self.num_fewshot, self.limit, self.batch_size)
-
-
-class EvalConfig(Strict):
-    enabled: bool = True
-    lm_eval: LMEvalConfig | None = Field(None, description="optional lm-evaluation-harness tasks")
-    baselines: list[Literal["unigram", "bpe"]] = Field(default_factory=lambda: list(BASELINES))
-    epochs: int = Field(2, gt=0, description="passes over the (equal-bytes) training text")
-    train_bytes: int | None = Field(None, gt=0, description="cap on training text bytes (None = all)")
-    lm: LMConfig | None = Field(None, description="evaluation LM; default: the scoring LM")
-
-
-class AdatConfig(Strict):
-    kind: Literal["adat"]
-    seed: int = 0
-    threads: int = Field(1, ge=1, description="torch intra-op threads (1 is fastest for micro models)")
-    corpus: str = Field("stdlib_docstrings",
-                        description="a bundled corpus name or a .txt/.jsonl(.xz/.gz) path")
-    max_corpus_bytes: int | None = Field(None, gt=0, description="read the file's first documents up to this")
-    score_fraction: float = Field(0.1, gt=0, lt=0.5, description="documents held out (spread evenly) "
-                                  "for the LM loss b (§5.4.2: 0.1B tokens)")
-    eval_fraction: float = Field(0.1, gt=0, lt=0.5,
-                                 description="documents held out (spread evenly) for the evaluation")
-    unigram_docs: int | None = Field(
-        None, gt=0, description="seeded sample of training documents for the initial vocabulary, the removal "
-        "loss a, EM and the baseline vocabularies (sentencepiece's input_sentence_size); None = every one")
-    initial_vocab: int = Field(8000, gt=0, description="§5.4.2: 150k in the paper")
-    target_vocab: int = Field(2000, gt=0, description="paper: 50k")
-    rounds: int = Field(3, gt=0, description="paper: 5 (used when no schedule is given)")
-    schedule: list[int] | None = Field(None, description="vocabulary size after each round")
-    character_coverage: float = Field(0.9995, gt=0, le=1)
-    sampling_alpha: float = Field(0.1, gt=0,
-                                  description="sampling smoothing α: P(seg) ∝ exp(α Σ log p) (§5.3.2.1)")
-    round_train_tokens: int = Field(200_000, gt=0, description="LM training tokens per round (paper ~0.3B); "
-                                    "each round reads on from where the previous one stopped")
-    reestimate_iters: int = Field(2, ge=0, description="EM iterations after each pruning")
-    unseen_pieces: Literal["impute", "infinite"] = Field(
-        "impute",
-        description="b of pieces absent from the scoring slice: expected count x mean CE, or 0 (score +inf)")
-    lm: LMConfig = LMConfig()
-    variants: list[VariantConfig] = Field(default_factory=lambda: [VariantConfig()], min_length=1)
-    evaluate: EvalConfig = EvalConfig()
-
-    @model_validator(mode="after")
-    def _check(self) -> "AdatConfig":
-        if self.target_vocab > self.initial_vocab:
-            raise ConfigError("target_vocab",
-                              f"{self.target_vocab} is larger than initial_vocab {self.initial_vocab}",
-                              "a target no larger than the initial vocabulary (pruning only removes pieces)")
-        sizes = self.sizes()
-        if sizes[-1] != self.target_vocab:
-            raise ConfigError("schedule",
-                              f"{sizes} ends at {sizes[-1]}, not target_vocab {self.target_vocab}",
-                              "a schedule whose last size is the target")
-        steps = [self.initial_vocab, *sizes]
-        if any(b > a for a, b in zip(steps, steps[1:])):
-            raise ConfigError("schedule", f"{sizes} grows somewhere after initial_vocab {self.initial_vocab}",
-                              "non-increasing sizes from initial_vocab down to target_vocab")
-        names = [v.name for v in self.variants]
-        clash = [n for n in names if n in BASELINES or names.count(n) > 1]
-        if clash:
-            raise ConfigError("variants", f"name '{clash[0]}' is repeated or a baseline name", "unique names")
-        if self.round_train_tokens < self.lm.seq_len:
-            raise ConfigError("round_train_tokens", f"{self.round_train_tokens}",
-                              f">= lm.seq_len ({self.lm.seq_len})")
-        return self
-
-    def sizes(self) -> list[int]:
-        """Vocabulary size after each round: the schedule, or a linear one (as in the reference notes)."""
-        if self.schedule:
-            return list(self.schedule)
-        drop = self.initial_vocab - self.target_vocab
-        return [self.initial_vocab - round(drop * (r + 1) / self.rounds) for r in range(self.rounds)]
 
 
 @dataclass
@@ -210,11 +91,16 @@ def vocab_texts(corpus: CorpusStream, sample: list[str] | None) -> Iterable[str]
 
 
 def prepare(cfg: AdatConfig) -> Prepared:
-    """Count and split the streamed corpus and train the initial vocabulary; every user-input
-    error is here. Each process of a multi-process run prepares the same (deterministic) result."""
+    """Count and split the streamed corpus and train the initial vocabulary (for the first of
+    ``seeds``, if given); every user-input error is here. Each process of a multi-process run
+    prepares the same (deterministic) result."""
+    if cfg.seeds is not None:
+        cfg = cfg.seeded(cfg.seeds[0])
     start = time.perf_counter()
     if cfg.evaluate.enabled and cfg.evaluate.lm_eval is not None:
         ev.require_lm_eval()  # fail in one line now, not after the rounds
+        if cfg.evaluate.lm_eval.data_root is not None:
+            ev.check_data_root(cfg.evaluate.lm_eval.data_root)
     corpus = CorpusStream(cfg.corpus, cfg.max_corpus_bytes,
                           HeldOut.seeded(cfg.eval_fraction, cfg.score_fraction, cfg.seed))
     counts = corpus.count()
@@ -230,13 +116,18 @@ def prepare(cfg: AdatConfig) -> Prepared:
     sample = None
     if cfg.unigram_docs is not None:
         sample = reservoir_sample(corpus.texts("train"), cfg.unigram_docs, cfg.seed)
-    proto = ev.train_unigram(vocab_texts(corpus, sample), cfg.initial_vocab, num_threads=2,
-                             character_coverage=cfg.character_coverage, where=f"corpus '{cfg.corpus}'")
+    if cfg.initial == "bytepiece":
+        proto = bytepiece_model(vocab_texts(corpus, sample), cfg.initial_vocab, ev.lossless_template(),
+                                cfg.bytepiece.settings())
+    else:
+        proto = ev.train_unigram(vocab_texts(corpus, sample), cfg.initial_vocab, num_threads=2,
+                                 character_coverage=cfg.character_coverage, where=f"corpus '{cfg.corpus}'")
     required = int(UnigramModel.from_sentencepiece(proto).required_mask().sum())
     if required > cfg.target_vocab:
         raise ConfigError("target_vocab", f"{cfg.target_vocab} is below the {required} required pieces "
                           "(specials, 256 bytes, every character)", f"at least {required}")
-    words = word_counts(vocab_texts(corpus, sample))
+    pieces = UnigramModel.from_sentencepiece(proto).pieces
+    words = word_counts(vocab_texts(corpus, sample), sp_normalizer(proto), unit_mode(pieces))
     return Prepared(corpus, counts, words, proto, time.perf_counter() - start, sample)
 
 
@@ -260,31 +151,6 @@ def _summary(values: np.ndarray) -> dict[str, float]:
     q = np.quantile(finite, [0.1, 0.5, 0.9]) if finite.size else [float("nan")] * 3
     return {"p10": float(q[0]), "median": float(q[1]), "p90": float(q[2]),
             "n_inf": int((~np.isfinite(values)).sum())}
-
-
-def viterbi_counts(model: UnigramModel, words: WordCorpus) -> np.ndarray:
-    """How often each piece is on the Viterbi path of the (training) corpus."""
-    index = {p: i for i, p in enumerate(model.pieces)}
-    counts = np.zeros(len(model.pieces))
-    for path, n in zip(viterbi(model, words.words), words.counts):
-        for piece in path:
-            counts[index.get(piece, model.unk_id)] += n
-    return counts
-
-
-def impute_unseen(b: np.ndarray, count: np.ndarray, freq: np.ndarray) -> np.ndarray:
-    """b for pieces that never occur in the scoring slice: their expected number of occurrences
-    there (Viterbi frequency share x slice tokens) times the slice's mean CE per token.
-
-    Literally eq. 5.3 gives them b = 0, so the ratio a / log(b + 1) is +inf and they can never be
-    pruned. With the paper's 0.1B scoring tokens almost every piece occurs; at micro scale most
-    rare pieces do not, and the literal rule would prune the frequent pieces first.
-    """
-    n_tokens = count.sum()
-    if n_tokens == 0 or freq.sum() == 0:
-        return b
-    expected = freq / freq.sum() * n_tokens
-    return np.where(count > 0, b, expected * (b.sum() / n_tokens))
 
 
 def run_rounds(cfg: AdatConfig, variant: VariantConfig, data: Prepared, checkpoints: Checkpointer,
@@ -321,22 +187,35 @@ def run_rounds(cfg: AdatConfig, variant: VariantConfig, data: Prepared, checkpoi
         model = UnigramModel.from_sentencepiece(proto)
         seed = cfg.seed + 1009 * (r + 1)
         first_doc, consumed = reader.position, reader.consumed
-        acc, losses = piece_lm_loss(proto, reader, data.corpus.texts("score"), cfg.round_train_tokens,
-                                    cfg.lm.settings(), seed, alpha=cfg.sampling_alpha, processes=processes)
-        b = acc.total.numpy()
-        if cfg.unseen_pieces == "impute":
-            b = impute_unseen(b, acc.count.numpy(), viterbi_counts(model, data.words))
+        stats = round_stats(model, data.words)  # Viterbi counts and removal loss a, one pass
+        a, required = stats.loss, model.required_mask()
+        search = None
+        if cfg.unseen_pieces == "evidence":
+            wanted = model.matchable & ~required & (stats.freq > 0)
+            search = EvidenceSearch(data.counts.docs["train"], cfg.evidence_fraction, wanted)
+        alpha = None if cfg.sampling_alpha == "auto" else cfg.sampling_alpha
+        score_texts = first_bytes(data.corpus.texts("score"), cfg.score_bytes)
+        lm = piece_lm_loss(proto, reader, score_texts, cfg.round_train_tokens, cfg.lm.settings(),
+                           seed, alpha=alpha, max_length_ratio=cfg.max_length_ratio,
+                           calibration_docs=cfg.calibration_docs, evidence=search, processes=processes)
+        term = lm_term(lm.acc, lm.evidence, stats.freq, model.matchable)
+        # "literal": every piece counts as evidenced, b = 0 where absent (eq. 5.3 as printed).
+        evidenced = term.has_evidence if cfg.unseen_pieces == "evidence" else np.ones(len(a), bool)
+        previous = None if prev is None else carry_over(prev, model.pieces)
+        b = term.b
         if variant.momentum_on == "lm_loss":
-            b = momentum(None if prev is None else carry_over(prev, model.pieces), b, variant.beta)
+            b = momentum(previous, b, variant.beta)  # without evidence: the previous momentum stays
+            b = b if previous is None else np.where(evidenced, b, previous)
             prev = dict(zip(model.pieces, b))
-        a = removal_loss(model, data.words)
         score = adat_score(a, b, variant.balance, variant.lam)
         if variant.momentum_on == "score":
-            # Finite stand-ins for ±inf so that β·(+inf) + (−inf) can never give NaN.
-            score = momentum(None if prev is None else carry_over(prev, model.pieces),
-                             np.nan_to_num(score, posinf=1e300, neginf=-1e300), variant.beta)
+            # Finite stand-ins for ±inf so that β·(+inf) + (−inf) can never give NaN; a piece
+            # without evidence keeps its previous momentum (no new L^j to add).
+            score = momentum(previous, np.nan_to_num(score, posinf=1e300, neginf=-1e300), variant.beta)
+            if previous is not None:
+                score = np.where(evidenced, score, previous)
             prev = dict(zip(model.pieces, score))
-        keep = prune(model.pieces, score, len(model.pieces) - size, model.required_mask())
+        keep = prune_by_evidence(model.pieces, score, a, len(model.pieces) - size, required, evidenced)
         pruned = reestimate_scores(model.subset(keep), data.words, cfg.reestimate_iters)
         proto = model_proto(proto, pruned)
         same_everywhere(processes, proto, f"the vocabulary after round {r + 1}")
@@ -344,10 +223,15 @@ def run_rounds(cfg: AdatConfig, variant: VariantConfig, data: Prepared, checkpoi
         history.append({
             "round": r + 1, "size_before": len(model.pieces), "size_after": len(pruned.pieces),
             "pruned": int((~keep).sum()), "lowest_pruned": [model.pieces[i] for i in lowest[:12]],
-            "unseen_in_scoring": int(((acc.count == 0).numpy() & model.matchable).sum()),
+            "unseen_in_scoring": int((~term.in_slice & model.matchable).sum()),
+            "scored_from_evidence": int(term.from_evidence.sum()), "evidence_docs": lm.evidence_docs,
+            "required": int(required.sum()), "without_evidence": int((~evidenced & ~required).sum()),
+            "pruned_without_evidence": int((~evidenced & ~keep).sum()),
+            "sampling_alpha": lm.alpha, "length_ratio": lm.length_ratio,
+            "calibration_ratio": lm.calibration_ratio,
             "train_first_doc": first_doc, "train_docs": reader.consumed - consumed,
-            "lm_train_loss": float(np.mean(losses[-10:])),
-            "lm_heldout_loss": float(acc.total.sum() / acc.count.sum()),
+            "lm_train_loss": float(np.mean(lm.losses[-10:])),
+            "lm_heldout_loss": float(lm.acc.total.sum() / lm.acc.count.sum()),
             "a": _summary(a), "b": _summary(b), "score": _summary(score),
             "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
         })
@@ -360,6 +244,16 @@ def run_rounds(cfg: AdatConfig, variant: VariantConfig, data: Prepared, checkpoi
             if on_round is not None:
                 on_round(r + 1, history[-1])
     return proto, history
+
+
+def first_bytes(texts: Iterable[str], max_bytes: int | None) -> Iterator[str]:
+    """The documents of ``texts`` up to the one that reaches ``max_bytes`` UTF-8 bytes (all if None)."""
+    total = 0
+    for text in texts:
+        if max_bytes is not None and total >= max_bytes:
+            return
+        total += len(text.encode("utf-8")) + 1
+        yield text
 
 
 def eval_train_texts(corpus: CorpusStream, max_bytes: int | None) -> list[str]:
@@ -389,6 +283,12 @@ def _evaluate_all(cfg: AdatConfig, data: Prepared, protos: dict[str, bytes], fol
         if processes.is_main:
             export(proto, UnigramModel.from_sentencepiece(proto), folder.path / "baselines" / "unigram")
         candidates["unigram"] = ev.sentencepiece_candidate("unigram", proto)
+    if "bytepiece" in cfg.evaluate.baselines:
+        proto = bytepiece_model(data.vocab_texts(), cfg.target_vocab, ev.lossless_template(), cfg.bytepiece.settings())
+        same_everywhere(processes, proto, "the BytePiece baseline")
+        if processes.is_main:
+            export(proto, UnigramModel.from_sentencepiece(proto), folder.path / "baselines" / "bytepiece")
+        candidates["bytepiece"] = ev.sentencepiece_candidate("bytepiece", proto)
     if "bpe" in cfg.evaluate.baselines:
         tok = ev.train_bpe(data.vocab_texts(), cfg.target_vocab)
         same_everywhere(processes, tok.to_str().encode("utf-8"), "the BPE baseline")
@@ -398,6 +298,9 @@ def _evaluate_all(cfg: AdatConfig, data: Prepared, protos: dict[str, bytes], fol
         candidates["bpe"] = ev.bpe_candidate("bpe", tok)
     train = eval_train_texts(data.corpus, cfg.evaluate.train_bytes)
     settings = (cfg.evaluate.lm or cfg.lm).settings()
+    steps = None
+    if cfg.evaluate.protocol == "steps":
+        steps = ev.equal_steps(list(candidates.values()), train, settings, cfg.evaluate.epochs)
     out: dict[str, dict[str, Any]] = {}
     for name, cand in candidates.items():
         path = folder.path / "eval" / f"{name}.json"
@@ -408,7 +311,7 @@ def _evaluate_all(cfg: AdatConfig, data: Prepared, protos: dict[str, bytes], fol
         console.print(f"evaluating {name} ({cand.vocab_size} pieces)")
         lm_eval = cfg.evaluate.lm_eval.spec() if cfg.evaluate.lm_eval is not None else None
         metrics = ev.evaluate(cand, train, data.corpus.texts("eval"), settings, cfg.evaluate.epochs, cfg.seed,
-                              lm_eval, processes)
+                              lm_eval, processes, steps=steps)
         metrics.update(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
         if "unigram" in candidates and name != "unigram":
             metrics["overlap_with_unigram"] = ev.vocab_overlap(cand.pieces, candidates["unigram"].pieces)
@@ -420,11 +323,34 @@ def _evaluate_all(cfg: AdatConfig, data: Prepared, protos: dict[str, bytes], fol
 
 
 def run(cfg: AdatConfig, data: Prepared, folder: RunFolder, console: Console) -> dict[str, Any]:
-    """Every variant's rounds, then the evaluation. Under ``accelerate launch`` every process
-    runs this with its `Processes` (the results of the others are discarded); only the main
-    process writes into ``folder``."""
+    """Every variant's rounds, then the evaluation, once (``seed``) or per seed of ``seeds``, each
+    in its own ``seed_<s>`` folder (a finished seed is not rerun on resume), with the mean ± std
+    over seeds of every tokenizer's metrics (`seed_summary`). Under ``accelerate launch`` every
+    process runs this with its `Processes` (the results of the others are discarded); only the
+    main process writes into ``folder``."""
     torch.set_num_threads(cfg.threads)
     processes = join_processes()
+    if cfg.seeds is None:
+        return run_seed(cfg, data, folder, console, processes)
+    per_seed: dict[str, Any] = {}
+    for k, seed in enumerate(cfg.seeds):
+        sub = RunFolder(folder.path / f"seed_{seed}")
+        if sub.results_path.is_file():
+            per_seed[str(seed)] = sub.read_results()
+            continue
+        one = cfg.seeded(seed)
+        sub.path.mkdir(parents=True, exist_ok=True)
+        console.print(f"seed {seed} ({k + 1} of {len(cfg.seeds)})")
+        results = run_seed(one, data if k == 0 else prepare(one), sub, console, processes)
+        if processes.is_main:
+            sub.write_results(results)
+        per_seed[str(seed)] = results
+    return {"seeds": per_seed, "summary": seed_summary(per_seed)}
+
+
+def run_seed(cfg: AdatConfig, data: Prepared, folder: RunFolder, console: Console,
+             processes: Processes) -> dict[str, Any]:
+    """`run` for one seed."""
     same_everywhere(processes, data.initial_proto, "the initial sentencepiece vocabulary")
     t0, c0 = time.perf_counter(), time.process_time()
     stats, docs = data.counts.stats, data.counts.docs
@@ -466,42 +392,6 @@ def run(cfg: AdatConfig, data: Prepared, folder: RunFolder, console: Console) ->
     results["total_seconds"] = time.perf_counter() - t0 + data.seconds
     results["total_cpu_seconds"] = time.process_time() - c0
     return results
-
-
-def report(results: dict[str, Any], folder: RunFolder, console: Console) -> None:
-    """Comparison table (terminal + report.md), per-round tables and a held-out LM loss plot."""
-    sections = []
-    evaluation = results.get("evaluation", {})
-    rows = [{"tokenizer": name, "vocab": m["vocab_size"], "bits/byte": m["bits_per_byte"],
-             "token PPL (not comparable)": m["token_ppl"], "bytes/token": m["bytes_per_token"],
-             "train steps": m["train_steps"], "overlap w/ unigram": m.get("overlap_with_unigram")}
-            for name, m in evaluation.items()]
-    if rows:
-        print_table("ADAT vs baselines at equal vocabulary size (same LM, same training text)", rows,
-                    digits=3, console=console)
-        beats = results.get("beats_unigram_bpb", {})
-        verdicts = ", ".join(f"{n}: {'yes' if v else 'no'}" for n, v in beats.items())
-        sections.append(Section("Comparison", rows=rows, digits=3, text=(
-            "Bits per byte is the fair metric across vocabularies; token perplexity divides the same "
-            "NLL by a tokenizer-dependent token count and is shown only for comparison with the paper. "
-            f"Lower bits per byte than Unigram: {verdicts or 'n/a'}.")))
-    images = []
-    series = {}
-    for name, v in results["variants"].items():
-        round_rows = [{k: e[k] for k in ("round", "size_before", "size_after", "unseen_in_scoring",
-                                         "lm_train_loss", "lm_heldout_loss", "seconds")}
-                      | {"lowest pruned": " ".join(e["lowest_pruned"][:6])} for e in v["rounds"]]
-        heading = f"Rounds: {name} (balance {v['balance']}, β {v['beta']} on {v['momentum_on']})"
-        sections.append(Section(heading,
-                                rows=round_rows, digits=3, text=f"Final size {v['final_size']}, round trip "
-                                f"lossless: {v['roundtrip_lossless']}."))
-        series[name] = [e["lm_heldout_loss"] for e in v["rounds"]]
-    if series:
-        xs = list(range(1, len(next(iter(series.values()))) + 1))
-        images.append(plots.curves(xs, series, folder.path / "heldout_loss.png", "round",
-                                   "held-out LM loss per token (nats)", "Scoring LM per round"))
-        sections.append(Section("Scoring LM", images=images))
-    write_report(folder.path, "ADAT report", sections)
 
 
 register_recipe(Recipe("adat", AdatConfig, prepare, run, report, multiprocess=True))

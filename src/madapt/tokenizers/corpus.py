@@ -179,6 +179,27 @@ class CyclicReader:
             self._ahead.popleft()
         self.consumed += k
 
+    def lookahead(self, n: int) -> Iterator[str]:
+        """The next ``n`` documents (wrapping), read without consuming them and without holding
+        them: what was already peeked, then a fresh pass of the source from there on."""
+        ahead = [text for _, text in islice(self._ahead, n)]
+        yield from ahead
+        need = n - len(ahead)
+        if need <= 0:
+            return
+        index = self._ahead[-1][0] + 1 if self._ahead else (self._next_index if self._source else self._start)
+        source = islice(self._open_pass(), index, None)
+        while need > 0:
+            empty = True
+            for text in islice(source, need):
+                empty = False
+                need -= 1
+                yield text
+            if need > 0:
+                if empty and index == 0:
+                    return  # an empty source
+                source, index = self._open_pass(), 0
+
     @property
     def position(self) -> int:
         """Index of the next document within a pass (reads it ahead if needed, to see a wrap)."""

@@ -38,7 +38,8 @@ from transformers import GPTNeoXForCausalLM
 
 from madapt.backbones.causal_lm import build_causal_lm
 from madapt.tokenizers.corpus import CyclicReader
-from madapt.tokenizers.sampling import SegmentationSampler
+from madapt.tokenizers.evidence import EvidenceSearch, find_evidence
+from madapt.tokenizers.sampling import SegmentationSampler, calibrate_alpha
 from madapt.tokenizers.scoring import LossAccumulator
 from madapt.training import Processes, build_optimizer, warmup_cosine
 
@@ -253,29 +254,71 @@ def steps_for(n_tokens: int, settings: LMSettings) -> int:
     return max(1, math.ceil(n_tokens / (settings.batch_size * (settings.seq_len - 1))))
 
 
+@dataclass
+class RoundLM:
+    """What one round's LM measured (eq. 5.3): the scoring slice's per-piece sums, the evidence
+    text's (`evidence`; None when no piece needed it or no unseen text held it), the training
+    losses, and the sampling α with the sampled/Viterbi length ratio of the round's training text."""
+
+    acc: LossAccumulator
+    losses: list[float]
+    evidence: LossAccumulator | None
+    evidence_docs: int
+    alpha: float
+    calibration_ratio: float | None
+    length_ratio: float
+
+
 def piece_lm_loss(model_proto: bytes, train_texts: CyclicReader | Sequence[str], score_texts: Iterable[str],
-                  train_tokens: int, settings: LMSettings, seed: int, alpha: float = 0.1,
-                  progress: Callable[[int, int], None] | None = None,
-                  processes: Processes = Processes()) -> tuple[LossAccumulator, list[float]]:
+                  train_tokens: int, settings: LMSettings, seed: int, alpha: float | None = 0.1,
+                  max_length_ratio: float = 1.2, calibration_docs: int = 256,
+                  evidence: EvidenceSearch | None = None, progress: Callable[[int, int], None] | None = None,
+                  processes: Processes = Processes()) -> RoundLM:
     """One ADAT round's LM term: a fresh GPT-NeoX with one embedding row per piece of
     ``model_proto``, trained on ``train_tokens`` sampled-segmentation tokens, then scored on the
-    Viterbi segmentation of ``score_texts``. Returns the accumulator and the training losses.
+    Viterbi segmentation of ``score_texts`` and, with ``evidence``, of unseen training documents
+    holding the pieces the slice lacks (`evidence.find_evidence`).
 
+    ``alpha=None`` calibrates α on the round's first ``calibration_docs`` documents so that the
+    sampled segmentation stays within ``max_length_ratio`` of Viterbi's length
+    (`sampling.calibrate_alpha`); the ratio over all the round's sampled documents is returned.
     ``train_texts`` is a reader at the round's cursor (it is left after the documents used, where
     the next round starts, §5.4.2) or a list read from its start; ``score_texts`` is consumed once,
-    chunk by chunk. The sampled segmentation is a pure function of (``seed``, texts, pieces,
-    ``alpha``) (§5.3.2.1 sampling by our FFBS), so the round gives the same LM in any process;
-    every process samples the whole round's text and trains on its shard of each batch."""
+    chunk by chunk. The sampled segmentation is a pure function of (``seed``, texts, pieces, α)
+    (§5.3.2.1 sampling by our FFBS), so the round gives the same LM in any process; every process
+    samples the whole round's text and trains on its shard of each batch."""
     sp = spm.SentencePieceProcessor(model_proto=model_proto)
     sep = sp.eos_id()
     reader = train_texts if isinstance(train_texts, CyclicReader) else CyclicReader.over(train_texts)
+    calibration_ratio = None
+    if alpha is None:
+        alpha, calibration_ratio = calibrate_alpha(model_proto, reader.peek(calibration_docs), max_length_ratio, seed)
     sampler = SegmentationSampler.from_proto(model_proto, alpha)
     rng = np.random.default_rng(seed)
-    train_ids, _ = take_tokens(reader, lambda texts: sampler.sample_flat(texts, rng), sep, train_tokens)
+    lengths = {"sampled": 0, "viterbi": 0}
+
+    def sample(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        ids, counts = sampler.sample_flat(texts, rng)
+        lengths["sampled"] += int(counts.sum())
+        lengths["viterbi"] += sum(len(v) for v in sp.encode(texts))
+        return ids, counts
+
+    consumed = reader.consumed
+    train_ids, _ = take_tokens(reader, sample, sep, train_tokens)
     train_blocks = pack(train_ids, settings.seq_len, sep, keep_partial=False)
     model = build_causal_lm(settings.preset, sp.get_piece_size(), seed=seed).to(processes.device)
     steps = steps_for(train_tokens, settings)
     losses = train_lm(model, train_blocks, steps, settings, seed, progress, processes)
     score_blocks = iter_blocks(encode_chunks(sp_encoder(sp), score_texts, sep), settings.seq_len, sep)
     acc = accumulate_loss(model, score_blocks, sp.get_piece_size(), settings.eval_batch_size, processes)
-    return acc, losses
+    evidence_acc, docs = None, []
+    if evidence is not None:
+        missing = evidence.wanted & (acc.count.numpy() == 0)
+        unseen = max(0, evidence.pass_docs - (reader.consumed - consumed))
+        budget = int(evidence.token_fraction * acc.count.sum())
+        docs = find_evidence(missing, sp_encoder(sp), reader.lookahead(unseen), budget)
+        if docs:
+            blocks = iter_blocks(encode_chunks(sp_encoder(sp), docs, sep), settings.seq_len, sep)
+            evidence_acc = accumulate_loss(model, blocks, sp.get_piece_size(), settings.eval_batch_size, processes)
+    ratio = lengths["sampled"] / max(lengths["viterbi"], 1)
+    return RoundLM(acc, losses, evidence_acc, len(docs), float(alpha), calibration_ratio, ratio)

@@ -43,15 +43,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from madapt.tokenizers.unigram import BYTE, SPACE, Lattice, UnigramModel, _PieceTable, read_model_proto
-
-Normalizer = Callable[[list[str]], list[str]]
-
-
-def whitespace_normalizer(texts: list[str]) -> list[str]:
-    """sentencepiece's ``identity`` rule without whitespace collapsing: a dummy "▁" prefix and
-    spaces as "▁" (what `evaluate.train_unigram` models do); for models built without a proto."""
-    return [SPACE + t.replace(" ", SPACE) if t else "" for t in texts]
+from madapt.tokenizers.lattice import Lattice, _PieceTable
+from madapt.tokenizers.unigram import BYTE, UnigramModel, read_model_proto
+from madapt.tokenizers.units import Normalizer, split_units, unit_mode, whitespace_normalizer
 
 
 class SegmentationSampler:
@@ -76,7 +70,7 @@ class SegmentationSampler:
             raise ValueError("byte fallback needs the 256 <0xXX> BYTE pieces in the model")
         self.byte_fallback = has_bytes if byte_fallback is None else byte_fallback
         matchable = [p for p, m in zip(model.pieces, model.matchable) if m]
-        self.split_units = not any(SPACE in p[1:] for p in matchable)
+        self.unit_mode = unit_mode(matchable)
         self._piece_table = _PieceTable(model)
         self._index: dict[str, int] = {}  # unit string -> unit id, in first-seen order
         self._n_nodes = self._n_edges = 0
@@ -105,10 +99,7 @@ class SegmentationSampler:
 
     def units(self, normalized: str) -> list[str]:
         """The independent units of a normalised text (see the module docstring)."""
-        if not self.split_units:
-            return [normalized] if normalized else []
-        head, *rest = normalized.split(SPACE)
-        return ([head] if head else []) + [SPACE + r for r in rest]
+        return split_units(normalized, self.unit_mode)
 
     def sample_flat(self, texts: Sequence[str], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One sampled segmentation of every text: all ids concatenated, and each text's id count."""
@@ -239,3 +230,48 @@ class SegmentationSampler:
         if not out_edge:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
         return np.concatenate(out_edge), np.concatenate(out_owner), np.concatenate(out_rank)
+
+
+def length_ratio(sampler: SegmentationSampler, viterbi_lengths: np.ndarray, texts: Sequence[str],
+                 rng: np.random.Generator) -> float:
+    """Sampled tokens over Viterbi tokens of ``texts`` (``viterbi_lengths``: tokens per text)."""
+    sampled = int(sampler.sample_flat(texts, rng)[1].sum())
+    return sampled / max(int(np.sum(viterbi_lengths)), 1)
+
+
+def calibrate_alpha(model_proto: bytes, texts: Sequence[str], max_ratio: float, seed: int,
+                    low: float = 0.02, high: float = 4.0, steps: int = 8,
+                    margin: float = 0.05) -> tuple[float, float]:
+    """The smallest α (the most random segmentation, §5.3.2.1) whose sampled segmentation of
+    ``texts`` is at most ``max_ratio - margin`` times as long as Viterbi's, by bisection on log α
+    with the same random numbers for every α; returns (α, measured ratio).
+
+    The length ratio falls as α grows (α → ∞ is Viterbi); the margin keeps the ratio of other
+    text from the same source under ``max_ratio`` despite sampling noise. If even ``high`` gives
+    a longer segmentation, ``high`` is returned with its ratio (the caller reports it)."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    viterbi_lengths = np.array([len(ids) for ids in sp.encode(list(texts))])
+    model = UnigramModel.from_sentencepiece(model_proto)
+    byte_fallback = read_model_proto(model_proto).trainer_spec.byte_fallback
+
+    def ratio(alpha: float) -> float:
+        sampler = SegmentationSampler(model, alpha, sp.normalize, byte_fallback)
+        return length_ratio(sampler, viterbi_lengths, texts, np.random.default_rng(seed))
+
+    target = max_ratio - margin
+    r_high = ratio(high)
+    if r_high > target:
+        return high, r_high
+    r_low = ratio(low)
+    if r_low <= target:
+        return low, r_low
+    for _ in range(steps):
+        mid = float(np.sqrt(low * high))
+        r_mid = ratio(mid)
+        if r_mid <= target:
+            high, r_high = mid, r_mid
+        else:
+            low = mid
+    return high, r_high
