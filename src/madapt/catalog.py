@@ -20,6 +20,8 @@ MODULES = (
     "madapt.continual.methods",
     "madapt.continual.recipe",
     "madapt.prompting.visual",
+    "madapt.prompting.fewshot_recipe",
+    "madapt.prompting.adapt",
     "madapt.tokenizers.adat",
 )
 
