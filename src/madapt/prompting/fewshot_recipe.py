@@ -256,6 +256,9 @@ def run_one(
     )
     result = fit(entry.method(entry.options), ctx, splits, settings, sub.checkpoints, report_step)
     result.update(method=entry.options.name, shots=cfg.data.shots, train_size=len(splits.train))
+    schedule = result["summary"].get("schedule")
+    if schedule is not None and procs.is_main:  # Adapt's pruning plan, adjusted or not, goes into the log
+        folder.log(f"{dataset} {entry.label} seed {seed}: pruning schedule: {schedule['note']}")
     if procs.is_main:
         sub.path.mkdir(parents=True, exist_ok=True)
         sub.write_results(result)
