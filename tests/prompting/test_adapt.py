@@ -7,33 +7,17 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from fewshot_fixtures import make_ctx, micro_task
 
-from madapt.backbones.micro import load_micro_clip
-from madapt.data import fewshot_micro
 from madapt.prompting.adapt import Adapt, AdaptConfig, KVFixed, KVFixedConfig
-from madapt.prompting.fewshot import FewShotContext, Settings, fit, hand_texts, steps_per_epoch
+from madapt.prompting.fewshot import Settings, fit, hand_texts
 from madapt.prompting.pruning import lowest_live, plan_schedule, token_scores
 from madapt.runs import Checkpointer
 
 
 @pytest.fixture(scope="module")
 def micro():
-    backbone = load_micro_clip()
-    backbone.model.requires_grad_(False)
-    pool = fewshot_micro.micro_pool("shape", train_per_class=8, val_per_class=4, test_size=32)
-    return backbone, fewshot_micro.sample_micro(pool, 2, 1, backbone.mean, backbone.std)
-
-
-def make_ctx(micro, epochs: int = 3, batch: int = 4) -> FewShotContext:
-    backbone, splits = micro
-    return FewShotContext(
-        copy.deepcopy(backbone),
-        splits.classnames,
-        splits.templates,
-        torch.device("cpu"),
-        epochs,
-        steps_per_epoch(len(splits.train), batch),
-    )
+    return micro_task("shape")
 
 
 def test_plan_keeps_algorithm_1_when_the_training_is_long_enough():

@@ -6,18 +6,16 @@ bundled micro CLIP; zero-shot is checked against a hand computation with the fro
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, Literal
 
 import pytest
 import torch
 import torch.nn.functional as F
+from fewshot_fixtures import make_ctx, micro_task
 
 from madapt.backbones.clip import zero_shot_head
-from madapt.backbones.micro import load_micro_clip
 from madapt.config import Strict
-from madapt.data import fewshot_micro
 from madapt.prompting.adapt import ZeroShot, ZeroShotConfig
 from madapt.prompting.fewshot import (
     FewShotContext,
@@ -33,22 +31,7 @@ from madapt.runs import Checkpointer
 
 @pytest.fixture(scope="module")
 def micro():
-    backbone = load_micro_clip()
-    backbone.model.requires_grad_(False)
-    pool = fewshot_micro.micro_pool("colour", train_per_class=8, val_per_class=4, test_size=40)
-    return backbone, fewshot_micro.sample_micro(pool, 2, 1, backbone.mean, backbone.std)
-
-
-def make_ctx(micro, epochs: int, batch: int) -> FewShotContext:
-    backbone, splits = micro
-    return FewShotContext(
-        copy.deepcopy(backbone),
-        splits.classnames,
-        splits.templates,
-        torch.device("cpu"),
-        epochs,
-        steps_per_epoch(len(splits.train), batch),
-    )
+    return micro_task("colour")
 
 
 class ToyConfig(Strict):
