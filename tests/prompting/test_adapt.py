@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -183,3 +184,12 @@ def test_fixed_length_prompts_spread_the_same_budget(micro):
     assert summary["lengths"] == {"vision": [2, 2, 1, 1], "text": [2, 2, 1, 1]}
     assert summary["live_tokens"] == 12 and summary["trainable_params"] == 12 * 128
     assert sum(p.numel() for p in method.trainable_parameters()) == 12 * 128
+
+
+def test_amp_on_cpu_trains_in_bf16_and_keeps_the_budget(micro):
+    ctx = make_ctx(micro, epochs=6)
+    method = Adapt(AdaptConfig(tokens=4, t_target=7, n_k=2, r_p=4, lr=0.01))
+    entry = fit(method, ctx, micro[1], Settings(epochs=6, batch_size=4, seed=1, amp=True))
+    assert method.live() == 7 and all(np.isfinite(h["loss"]) for h in entry["history"])
+    assert all(b.prompts.dtype == torch.float32 for bs in method.blocks.values() for b in bs)  # fp32 master copy
+    assert entry["history"][-1]["loss"] < entry["history"][0]["loss"]
