@@ -97,3 +97,15 @@ def test_config_mistakes_are_one_line_errors(tmp_path, override, error, where):
         load_config(str(tmp_path / "cfg.yaml"), override)
     assert where in str(info.value)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override, where", [
+    (["data.collection=coop", "data.datasets=[eurosat]"], "data_root"),
+    (["backbone=ViT-B-16"], "pretrained"),
+])
+def test_missing_data_root_or_weights_fail_before_anything_is_written(tmp_path, override, where):
+    (tmp_path / "cfg.yaml").write_text(CONFIG)
+    with pytest.raises(ConfigError) as info:
+        run_experiment(str(tmp_path / "cfg.yaml"), override, tmp_path / "run", False, quiet())
+    assert info.value.where.startswith(where)
+    assert not (tmp_path / "run").exists()

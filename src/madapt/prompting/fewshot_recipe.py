@@ -16,7 +16,6 @@ Under ``accelerate launch`` every process trains the same run on its slice of ea
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,13 +31,14 @@ from pydantic import (
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from madapt.backbones.clip import TINY_ARCHS
 from madapt.config import Recipe, Strict, register_recipe
-from madapt.data import fewshot_micro
 from madapt.errors import ConfigError, closest
 from madapt.prompting.fewshot import FewShotContext, Settings, fit, steps_per_epoch
+from madapt.prompting.fewshot_data import DataConfig, FewShotData, load_data
 from madapt.prompting.fewshot_report import aggregate, report
 from madapt.registry import get
-from madapt.runs import RunFolder, atomic_write_json, seed_everything
+from madapt.runs import RunFolder, seed_everything
 from madapt.training import join_processes
 
 
@@ -90,19 +90,6 @@ class MethodEntry(Strict):
         return get("fewshot_method", self.options.name)
 
 
-class DataConfig(Strict):
-    collection: Literal["micro"] = Field("micro", description="micro: few-shot tasks of the micro world")
-    datasets: list[str] = Field(
-        ..., min_length=1, description="micro domains: " + ", ".join(fewshot_micro.MICRO_FEWSHOT)
-    )
-    shots: int = Field(16, ge=1, description="K images per class (seed 003 §4.1: 16)")
-    train_per_class: int = Field(
-        48, ge=1, description="micro: size per class of the full list shots are drawn from"
-    )
-    val_per_class: int = Field(8, ge=1, description="micro: size per class of the full validation list")
-    test_size: int = Field(600, ge=1, description="micro: generated test images")
-
-
 class TrainConfig(Strict):
     epochs: int | None = Field(None, ge=1, description="overrides every method's published epochs")
     batch_size: int | None = Field(None, ge=1, description="overrides every method's published batch size")
@@ -129,6 +116,7 @@ class FewShotConfig(Strict):
     )
     backbone: str = Field("micro-clip", description="a name from `madapt list backbones`")
     pretrained: str | None = Field(None, description="local weights path or cached open_clip tag")
+    data_root: str | None = Field(None, description="collection coop: the folder holding CoOp's datasets")
     data: DataConfig
     train: TrainConfig = TrainConfig()
     eval_batch_size: int = Field(100, ge=1)
@@ -147,13 +135,6 @@ class FewShotConfig(Strict):
             if label in labels[:i]:
                 raise ConfigError(
                     f"methods.{i}.label", f"'{label}' is used twice", "a unique label per entry"
-                )
-        for i, name in enumerate(self.data.datasets):
-            if name not in fewshot_micro.MICRO_FEWSHOT:
-                raise ConfigError(
-                    f"data.datasets.{i}",
-                    f"unknown micro dataset '{name}'" + closest(name, fewshot_micro.MICRO_FEWSHOT),
-                    "one of: " + ", ".join(fewshot_micro.MICRO_FEWSHOT),
                 )
         for i, sel in enumerate(self.select):
             for label in sel.among:
@@ -178,7 +159,7 @@ def schedule_of(cfg: FewShotConfig, entry: MethodEntry) -> tuple[int, int]:
 @dataclass
 class Prepared:
     backbone: Any  # ClipBackbone, frozen
-    pools: dict[str, Any]  # dataset -> full lists (micro)
+    data: FewShotData
 
 
 def prepare(cfg: FewShotConfig) -> Prepared:
@@ -192,26 +173,16 @@ def prepare(cfg: FewShotConfig) -> Prepared:
                 f"{batch} does not split over {world} processes",
                 f"a multiple of {world} (train.batch_size=...)",
             )
+    if cfg.pretrained is None and cfg.backbone not in ("micro-clip", *TINY_ARCHS):
+        raise ConfigError(
+            "pretrained",
+            f"is missing for backbone '{cfg.backbone}'",
+            "a local weights file (pretrained=PATH) or a cached open_clip tag; nothing is downloaded",
+        )
     seed_everything(0)
     backbone = get("backbone", cfg.backbone)(cfg.pretrained)
     backbone.model.requires_grad_(False)
-    d = cfg.data
-    pools = {
-        name: fewshot_micro.micro_pool(name, d.train_per_class, d.val_per_class, d.test_size)
-        for name in d.datasets
-    }
-    return Prepared(backbone, pools)
-
-
-def _splits(cfg: FewShotConfig, prepared: Prepared, dataset: str, seed: int, folder: RunFolder) -> Any:
-    """The K-shot splits of (dataset, seed); the sampled indices are written once and re-read after."""
-    path = folder.path / dataset / f"shots_seed{seed}.json"
-    indices = json.loads(path.read_text()) if path.is_file() else None
-    b = prepared.backbone
-    splits = fewshot_micro.sample_micro(prepared.pools[dataset], cfg.data.shots, seed, b.mean, b.std, indices)
-    if indices is None and join_processes().is_main:
-        atomic_write_json(path, splits.indices)
-    return splits
+    return Prepared(backbone, load_data(cfg.data, cfg.data_root, backbone, cfg.seeds))
 
 
 def run_one(
@@ -229,7 +200,7 @@ def run_one(
     procs.barrier()
     if sub.finished:
         return sub.read_results()
-    splits = _splits(cfg, prepared, dataset, seed, folder)
+    splits = prepared.data.splits(dataset, seed, folder)
     epochs, batch = schedule_of(cfg, entry)
     backbone = copy.deepcopy(prepared.backbone)
     backbone.model.to(procs.device)
