@@ -21,6 +21,8 @@ MODULES = (
     "madapt.continual.recipe",
     "madapt.prompting.visual",
     "madapt.prompting.visual_params",
+    "madapt.prompting.fewshot_recipe",
+    "madapt.prompting.adapt",
     "madapt.tokenizers.adat",
 )
 
