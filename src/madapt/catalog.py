@@ -20,6 +20,11 @@ MODULES = (
     "madapt.continual.methods",
     "madapt.continual.recipe",
     "madapt.prompting.visual",
+    "madapt.prompting.coop",
+    "madapt.prompting.cocoop",
+    "madapt.prompting.kgcoop",
+    "madapt.prompting.vpt_clip",
+    "madapt.prompting.maple",
     "madapt.tokenizers.adat",
 )
 
