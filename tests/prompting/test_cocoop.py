@@ -88,6 +88,7 @@ def test_only_context_and_meta_net_train_and_the_backbone_stays_bit_identical(se
     assert all(not torch.equal(start[k], v) for k, v in method.state_dict().items())
     pf.assert_backbone_unchanged(before, backbone)
     cfg = CoCoOp.Config()
+    assert (cfg.epochs, cfg.batch_size) == (10, 1)
     assert (cfg.n_ctx, cfg.ctx_init, cfg.lr, cfg.momentum, cfg.weight_decay) == (
         4,
         "a photo of a",

@@ -111,6 +111,7 @@ def test_checkpoint_state_restores_the_same_logits_and_refuses_another_config(se
 def test_optimizer_is_dassl_sgd_with_the_published_defaults():
     cfg = CoOp.Config()
     assert (cfg.n_ctx, cfg.ctx_init, cfg.class_token_position, cfg.csc) == (16, None, "end", False)
+    assert (cfg.epochs, cfg.batch_size) == (200, 32)  # 16 shots (COOP.md: the vit_b16 / rn50 configs)
     method = get("fewshot_method", "coop")(cfg)
     ctx = pf.make_ctx(pf.tiny_backbone(), pf.TINY_NAMES)
     method.setup(ctx)

@@ -77,6 +77,7 @@ def test_only_the_context_trains_and_the_backbone_stays_bit_identical(setting):
 
 def test_published_config_and_parameter_count():
     cfg = KgCoOp.Config()
+    assert (cfg.epochs, cfg.batch_size) == (100, 128)
     assert (cfg.weight, cfg.ctx_init, cfg.n_ctx, cfg.lr, cfg.momentum, cfg.weight_decay) == (
         8.0,
         "a photo of a",

@@ -89,6 +89,7 @@ def test_the_image_loss_reaches_the_text_prompts_and_the_backbone_stays_bit_iden
 
 def test_published_config_and_depth_errors():
     cfg = MaPLe.Config()
+    assert (cfg.epochs, cfg.batch_size) == (5, 4)
     assert (cfg.n_ctx, cfg.prompt_depth, cfg.ctx_init, cfg.lr, cfg.momentum, cfg.weight_decay) == (
         2,
         9,

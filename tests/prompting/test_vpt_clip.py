@@ -139,6 +139,7 @@ def test_config_errors_and_published_defaults():
     with pytest.raises(ConfigError, match="method.depth_vision"):
         built(ctx, depth_text=4, depth_vision=12)
     ivlp, vpt = get("fewshot_method", "ivlp").Config(), get("fewshot_method", "vpt").Config()
+    assert (ivlp.epochs, ivlp.batch_size) == (vpt.epochs, vpt.batch_size) == (5, 4)
     assert (ivlp.n_ctx_text, ivlp.n_ctx_vision, ivlp.depth_text, ivlp.depth_vision, ivlp.lr) == (
         2,
         2,

@@ -34,11 +34,13 @@ TEXT_BATCH = 4096  # prompts per text-encoder call: bounds memory for many class
 class CoCoOpConfig(SGDConfig):
     """CoCoOp (``configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml``).
 
-    recommended: batch size 1, 10 epochs, cosine schedule after one warm-up epoch at a constant
+    recommended (the ``batch_size`` and ``epochs`` defaults): batch size 1, 10 epochs, cosine schedule after one warm-up epoch at a constant
     1e-5 (the recipe's schedule); ``scripts/cocoop/base2new_train.sh`` trains on 16 shots.
     """
 
     name: Literal["cocoop"] = "cocoop"
+    epochs: int = Field(10, ge=1, description="MAX_EPOCH")
+    batch_size: int = Field(1, ge=1, description="DATALOADER.TRAIN_X.BATCH_SIZE")
     ctx_init: str | None = Field("a photo of a", description="words the context starts from (CTX_INIT)")
     n_ctx: int = Field(4, ge=1, description="context tokens (N_CTX: 4); with ctx_init, its token count")
     reduction: int = Field(

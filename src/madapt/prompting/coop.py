@@ -225,12 +225,19 @@ def resolve_n_ctx(backbone: ClipBackbone, cfg: Any) -> int:
 class CoOpConfig(SGDConfig):
     """CoOp (``configs/trainers/CoOp/vit_b16.yaml``; ``scripts/coop/main.sh`` M=16, end, generic).
 
-    recommended (``COOP.md`` and the CoOp paper): batch size 32; 200 epochs for 16 and 8 shots,
-    100 for 4 and 2, 50 for 1 shot; ImageNet 50 epochs at every shot count (``vit_b16_ep50``);
-    cosine schedule after one warm-up epoch at a constant 1e-5 (the recipe's schedule).
+    recommended (``COOP.md`` and the CoOp paper; the ``batch_size``/``epochs`` defaults are for 16
+    shots): batch size 32; 200 epochs for 16 and 8 shots, 100 for 4 and 2, 50 for 1 shot; ImageNet
+    50 epochs at every shot count (``vit_b16_ep50``); cosine schedule after one warm-up epoch at a
+    constant 1e-5 (the recipe's schedule).
     """
 
     name: Literal["coop"] = "coop"
+    epochs: int = Field(
+        200,
+        ge=1,
+        description="MAX_EPOCH of 16 (and 8) shots: vit_b16.yaml; ImageNet and 1 shot: 50, 2-4 shots: 100",
+    )
+    batch_size: int = Field(32, ge=1, description="DATALOADER.TRAIN_X.BATCH_SIZE")
     n_ctx: int = Field(16, ge=0, description="context tokens M (CoOp: 16); with ctx_init, its token count")
     ctx_init: str | None = Field(
         None,

@@ -36,11 +36,13 @@ if TYPE_CHECKING:
 class KgCoOpConfig(SGDConfig):
     """KgCoOp (``configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml``, ``scripts/base2new_train.sh``).
 
-    recommended: batch size 128, 100 epochs, cosine schedule after one warm-up epoch at a constant
+    recommended (the ``batch_size`` and ``epochs`` defaults): batch size 128, 100 epochs, cosine schedule after one warm-up epoch at a constant
     1e-5 (the recipe's schedule).
     """
 
     name: Literal["kgcoop"] = "kgcoop"
+    epochs: int = Field(100, ge=1, description="MAX_EPOCH")
+    batch_size: int = Field(128, ge=1, description="DATALOADER.TRAIN_X.BATCH_SIZE")
     ctx_init: str | None = Field("a photo of a", description="words the context starts from")
     n_ctx: int = Field(4, ge=1, description="context tokens (N_CTX 4); with ctx_init, its token count")
     weight: float = Field(8.0, ge=0, description="λ of the knowledge-guided term (TRAINER.COOP.W = 8.0)")

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 class MaPLeConfig(SGDConfig):
     """MaPLe (``configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml``).
 
-    recommended: batch size 4, 5 epochs, cosine schedule after one warm-up epoch at a constant
+    recommended (the ``batch_size`` and ``epochs`` defaults): batch size 4, 5 epochs, cosine schedule after one warm-up epoch at a constant
     1e-5 (the recipe's schedule).
     """
 
@@ -51,6 +51,8 @@ class MaPLeConfig(SGDConfig):
     )
     ctx_init: str | None = Field("a photo of a", description="words of the text and of the layer-0 context")
     lr: float = Field(0.0035, gt=0, description="SGD learning rate (OPTIM.LR)")
+    epochs: int = Field(5, ge=1, description="MAX_EPOCH")
+    batch_size: int = Field(4, ge=1, description="DATALOADER.TRAIN_X.BATCH_SIZE")
 
 
 class MaPLePrompts(nn.Module):

@@ -100,7 +100,7 @@ def check_depth(field: str, depth: int, tower_layers: int, tower: str) -> None:
 class DeepPromptConfig(SGDConfig):
     """IVLP (``configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml``).
 
-    recommended: batch size 4, 5 epochs, cosine schedule after one warm-up epoch at a constant
+    recommended (the ``batch_size`` and ``epochs`` defaults): batch size 4, 5 epochs, cosine schedule after one warm-up epoch at a constant
     1e-5 (the recipe's schedule).
     """
 
@@ -113,6 +113,8 @@ class DeepPromptConfig(SGDConfig):
     depth_vision: int = Field(12, ge=0, description="image layers with prompts (PROMPT_DEPTH_VISION)")
     ctx_init: str | None = Field("a photo of a", description="words of the text and of the layer-0 context")
     lr: float = Field(0.0035, gt=0, description="SGD learning rate (OPTIM.LR)")
+    epochs: int = Field(5, ge=1, description="MAX_EPOCH")
+    batch_size: int = Field(4, ge=1, description="DATALOADER.TRAIN_X.BATCH_SIZE")
 
     @model_validator(mode="after")
     def _tokens_and_depth(self) -> DeepPromptConfig:
@@ -129,7 +131,7 @@ class DeepPromptConfig(SGDConfig):
 class VPTConfig(DeepPromptConfig):
     """VPT-deep on CLIP's image tower (``configs/trainers/VPT/vit_b16_c2_ep5_batch4_4.yaml``).
 
-    recommended: batch size 4, 5 epochs, cosine schedule after one warm-up epoch at a constant
+    recommended (the ``batch_size`` and ``epochs`` defaults): batch size 4, 5 epochs, cosine schedule after one warm-up epoch at a constant
     1e-5 (the recipe's schedule).
     """
 
