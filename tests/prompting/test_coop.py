@@ -21,6 +21,8 @@ def test_context_from_a_photo_of_a_with_class_at_the_end_is_zero_shot_clip(setti
     method = built(ctx, ctx_init="a photo of a")
     x = pf.images(backbone, 4)
     assert method.learner().n_ctx == 4  # 4 tokens for BPE and for the word-level tokenizer alike
+    underscored = built(ctx, ctx_init="a_photo_of_a")  # CoOp's CTX_INIT spelling
+    torch.testing.assert_close(underscored.learner().ctx, method.learner().ctx, atol=0, rtol=0)
     torch.testing.assert_close(
         method.logits(x, ctx), pf.zero_shot_logits(backbone, x, names, pf.HAND), atol=1e-5, rtol=1e-5
     )

@@ -69,8 +69,8 @@ def token_ids(backbone: ClipBackbone, texts: Sequence[str], field: str) -> torch
 
 
 def word_count(backbone: ClipBackbone, text: str) -> int:
-    """Number of tokens the backbone's tokenizer gives ``text`` (between SOS and EOS)."""
-    return int(token_ids(backbone, [text], "method.ctx_init")[0].argmax()) - 1
+    """Number of tokens the backbone's tokenizer gives ``text`` (between SOS and EOS), "_" read as a space."""
+    return int(token_ids(backbone, [text.replace("_", " ")], "method.ctx_init")[0].argmax()) - 1
 
 
 def run_blocks(
@@ -143,6 +143,7 @@ class TextPromptLearner(nn.Module):
         embed = model.token_embedding
         dtype, device = embed.weight.dtype, embed.weight.device
         names = [name.replace("_", " ") for name in classnames]
+        init = init.replace("_", " ") if init else None  # CoOp accepts CTX_INIT "a_photo_of_a"
         if init:
             available = word_count(backbone, init)
             if n_ctx > available:
