@@ -34,8 +34,9 @@ TEXT_BATCH = 4096  # prompts per text-encoder call: bounds memory for many class
 class CoCoOpConfig(SGDConfig):
     """CoCoOp (``configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml``).
 
-    recommended (the ``batch_size`` and ``epochs`` defaults): batch size 1, 10 epochs, cosine schedule after one warm-up epoch at a constant
-    1e-5 (the recipe's schedule); ``scripts/cocoop/base2new_train.sh`` trains on 16 shots.
+    recommended (the ``batch_size`` and ``epochs`` defaults): batch size 1, 10 epochs, cosine schedule
+    after one warm-up epoch at a constant 1e-5 (the recipe's schedule);
+    ``scripts/cocoop/base2new_train.sh`` trains on 16 shots.
     """
 
     name: Literal["cocoop"] = "cocoop"

@@ -79,7 +79,7 @@ def run_blocks(
     attn_mask: torch.Tensor | None = None,
     before: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """``x`` [N, L, D] through an open_clip `Transformer`'s blocks; ``before(i, x)`` edits the input of block i."""
+    """``x`` [N, L, D] through an open_clip `Transformer`'s blocks; ``before(i, x)`` edits block i's input."""
     for i, block in enumerate(transformer.resblocks):
         if before is not None:
             x = before(i, x)
@@ -179,7 +179,7 @@ class TextPromptLearner(nn.Module):
         return self.tokens.shape[0]
 
     def forward(self, ctx: torch.Tensor | None = None) -> torch.Tensor:
-        """Prompt embeddings [n_cls, L, D] for context ``ctx`` ((n_ctx, D) or (n_cls, n_ctx, D); default own)."""
+        """Prompt embeddings [n_cls, L, D] for ``ctx`` ((n_ctx, D) or (n_cls, n_ctx, D); default: own)."""
         ctx = self.ctx if ctx is None else ctx
         if ctx is None:
             return torch.cat([self.token_prefix, self.token_suffix], dim=1)
@@ -206,7 +206,7 @@ class TextPromptLearner(nn.Module):
 
 
 def resolve_n_ctx(backbone: ClipBackbone, cfg: Any) -> int:
-    """CoOp's rule: with ``ctx_init`` the context is all of its tokens (an explicit other n_ctx is an error)."""
+    """CoOp's rule: with ``ctx_init`` the context is all of its tokens (another explicit n_ctx: error)."""
     if not cfg.ctx_init:
         return cfg.n_ctx
     available = word_count(backbone, cfg.ctx_init)

@@ -1,4 +1,4 @@
-"""KgCoOp: CoOp kept close to the hand-crafted prompt's text features (Yao et al., CVPR 2023; seed 003 Table 1).
+"""KgCoOp: CoOp kept near the hand-crafted prompt's text features (Yao et al., CVPR 2023; seed 003 Table 1).
 
 The loss adds to CoOp's cross-entropy λ · (1 − mean_c cos(w_c, w_c^clip)), where w_c is the
 learned prompt's normalised text feature of class c and w_c^clip the frozen CLIP's feature of the
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 class KgCoOpConfig(SGDConfig):
     """KgCoOp (``configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml``, ``scripts/base2new_train.sh``).
 
-    recommended (the ``batch_size`` and ``epochs`` defaults): batch size 128, 100 epochs, cosine schedule after one warm-up epoch at a constant
-    1e-5 (the recipe's schedule).
+    recommended (the ``batch_size`` and ``epochs`` defaults): batch size 128, 100 epochs, cosine schedule
+    after one warm-up epoch at a constant 1e-5 (the recipe's schedule).
     """
 
     name: Literal["kgcoop"] = "kgcoop"
@@ -78,7 +78,7 @@ class KgCoOp(CoOp):
         return self.prompts.text
 
     def knowledge_gap(self, text: torch.Tensor | None = None) -> torch.Tensor:
-        """1 − mean_c cos(w_c, w_c^clip) for normalised class features ``text`` (default: the current ones)."""
+        """1 − mean_c cos(w_c, w_c^clip) for normalised class features ``text`` (default: current ones)."""
         text = self.class_features() if text is None else text
         return 1.0 - F.cosine_similarity(text, self.prompts.hand.to(text.dtype), dim=-1, eps=1e-7).mean()
 

@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 class MaPLeConfig(SGDConfig):
     """MaPLe (``configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml``).
 
-    recommended (the ``batch_size`` and ``epochs`` defaults): batch size 4, 5 epochs, cosine schedule after one warm-up epoch at a constant
-    1e-5 (the recipe's schedule).
+    recommended (the ``batch_size`` and ``epochs`` defaults): batch size 4, 5 epochs, cosine schedule
+    after one warm-up epoch at a constant 1e-5 (the recipe's schedule).
     """
 
     name: Literal["maple"] = "maple"

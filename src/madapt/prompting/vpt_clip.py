@@ -100,8 +100,8 @@ def check_depth(field: str, depth: int, tower_layers: int, tower: str) -> None:
 class DeepPromptConfig(SGDConfig):
     """IVLP (``configs/trainers/IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml``).
 
-    recommended (the ``batch_size`` and ``epochs`` defaults): batch size 4, 5 epochs, cosine schedule after one warm-up epoch at a constant
-    1e-5 (the recipe's schedule).
+    recommended (the ``batch_size`` and ``epochs`` defaults): batch size 4, 5 epochs, cosine schedule
+    after one warm-up epoch at a constant 1e-5 (the recipe's schedule).
     """
 
     name: Literal["ivlp"] = "ivlp"
@@ -131,8 +131,8 @@ class DeepPromptConfig(SGDConfig):
 class VPTConfig(DeepPromptConfig):
     """VPT-deep on CLIP's image tower (``configs/trainers/VPT/vit_b16_c2_ep5_batch4_4.yaml``).
 
-    recommended (the ``batch_size`` and ``epochs`` defaults): batch size 4, 5 epochs, cosine schedule after one warm-up epoch at a constant
-    1e-5 (the recipe's schedule).
+    recommended (the ``batch_size`` and ``epochs`` defaults): batch size 4, 5 epochs, cosine schedule
+    after one warm-up epoch at a constant 1e-5 (the recipe's schedule).
     """
 
     name: Literal["vpt"] = "vpt"
