@@ -23,6 +23,11 @@ MODULES = (
     "madapt.prompting.visual_params",
     "madapt.prompting.fewshot_recipe",
     "madapt.prompting.adapt",
+    "madapt.prompting.coop",
+    "madapt.prompting.cocoop",
+    "madapt.prompting.kgcoop",
+    "madapt.prompting.vpt_clip",
+    "madapt.prompting.maple",
     "madapt.tokenizers.adat",
 )
 

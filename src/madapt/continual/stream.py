@@ -32,7 +32,7 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
     return out
 
 
-class _SeededItems(Dataset):
+class SeededItems(Dataset):
     """Wraps a dataset so item (index, seed) draws its augmentation from its own seed."""
 
     def __init__(self, dataset: Dataset) -> None:
@@ -61,7 +61,7 @@ def planned_batches(dataset: Dataset, plan: Iterator[tuple[int, Sequence[int]]],
         return
     keyed = ([(int(i), (seed * 1_000_003 + step) * 7_919 + k) for k, i in enumerate(indices)]
              for step, indices in plan)
-    yield from DataLoader(_SeededItems(dataset), batch_sampler=keyed, num_workers=num_workers)
+    yield from DataLoader(SeededItems(dataset), batch_sampler=keyed, num_workers=num_workers)
 
 
 def train_batches(dataset: Dataset, settings: TrainSettings, task: int, start: int,
@@ -84,7 +84,7 @@ def train_batches(dataset: Dataset, settings: TrainSettings, task: int, start: i
          for k, i in enumerate(batch_indices(n, settings.batch_size, step, stream_seed)) if k in mine]
         for step in range(start, settings.iterations[task])
     )
-    yield from DataLoader(_SeededItems(dataset), batch_sampler=sampler, num_workers=settings.num_workers)
+    yield from DataLoader(SeededItems(dataset), batch_sampler=sampler, num_workers=settings.num_workers)
 
 
 def micro_batches(batch: tuple[torch.Tensor, ...], k: int) -> list[tuple[torch.Tensor, ...]]:

@@ -42,7 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from madapt.backbones.clip import ClipBackbone, fill_template
 from madapt.config import Strict
-from madapt.continual.engine import _SeededItems, eval_batches
+from madapt.continual.stream import SeededItems, eval_batches
 from madapt.runs import Checkpointer, rng_state, seed_everything, set_rng_state
 from madapt.training import Processes
 
@@ -242,7 +242,7 @@ def _batches(
     if hasattr(train, "batch") and settings.num_workers == 0:  # in-memory micro arrays: one gather
         yield from zip(todo, (train.batch([i for i, _ in items]) for items in mine))
         return
-    loader = DataLoader(_SeededItems(train), batch_sampler=mine, num_workers=settings.num_workers)
+    loader = DataLoader(SeededItems(train), batch_sampler=mine, num_workers=settings.num_workers)
     yield from zip(todo, loader)
 
 
