@@ -54,24 +54,28 @@ def test_tiny_resnet_uses_resnet50_blocks():
 
 
 @pytest.mark.parametrize(
-    "name, cls, n_classes, width, mean",
+    "name, cls, n_classes, width, mean, side",
     [
-        ("vit_base_patch16_224.augreg_in21k", VisionTransformer, 21843, 768, (0.5, 0.5, 0.5)),
-        ("vit_base_patch16_224.augreg_in1k", VisionTransformer, 1000, 768, (0.5, 0.5, 0.5)),
-        ("vit_large_patch16_224", VisionTransformer, 1000, 1024, (0.5, 0.5, 0.5)),
-        ("swin_base_patch4_window7_224", SwinTransformer, 1000, 1024, IMAGENET_MEAN),
-        ("swin_base_patch4_window7_224.ms_in22k", SwinTransformer, 21841, 1024, IMAGENET_MEAN),
-        ("resnet50", ResNet, 1000, 2048, IMAGENET_MEAN),
-        ("convnext_base", ConvNeXt, 1000, 1024, IMAGENET_MEAN),
+        ("vit_base_patch16_224.augreg_in21k", VisionTransformer, 21843, 768, (0.5, 0.5, 0.5), 224),
+        ("vit_base_patch16_224.augreg_in1k", VisionTransformer, 1000, 768, (0.5, 0.5, 0.5), 224),
+        ("vit_large_patch16_224", VisionTransformer, 1000, 1024, (0.5, 0.5, 0.5), 224),
+        ("swin_base_patch4_window7_224", SwinTransformer, 1000, 1024, IMAGENET_MEAN, 224),
+        ("swin_base_patch4_window7_224.ms_in22k", SwinTransformer, 21841, 1024, IMAGENET_MEAN, 224),
+        # trained at 176 px, evaluated at 224: the eval size is the one a frozen source model sees
+        ("resnet50", ResNet, 1000, 2048, IMAGENET_MEAN, 224),
+        ("resnet50.tv2_in1k", ResNet, 1000, 2048, IMAGENET_MEAN, 224),
+        ("convnext_base.fb_in22k", ConvNeXt, 21841, 1024, IMAGENET_MEAN, 224),
+        # timm's default convnext_base tag (fb_in22k_ft_in1k) is evaluated at 288
+        ("convnext_base", ConvNeXt, 1000, 1024, IMAGENET_MEAN, 288),
     ],
 )
-def test_real_size_heads_without_allocating(name, cls, n_classes, width, mean):
+def test_real_size_heads_without_allocating(name, cls, n_classes, width, mean, side):
     with torch.device("meta"):  # shapes only: no memory, no init cost
         clf = load_classifier(name)
     head = clf.model.get_classifier()
     assert type(clf.model) is cls
     assert clf.num_classes == n_classes and (head.out_features, head.in_features) == (n_classes, width)
-    assert clf.input_size == (3, 224, 224) and clf.mean == pytest.approx(mean)
+    assert clf.input_size == (3, side, side) and clf.mean == pytest.approx(mean)
 
 
 def test_in21k_head_is_valid_after_local_load(tmp_path):

@@ -48,7 +48,9 @@ CLASSIFIERS: dict[str, tuple[str, dict[str, Any], int | None]] = {
     "vit_large_patch16_224": ("vit_large_patch16_224", {}, None),
     "swin_base_patch4_window7_224": ("swin_base_patch4_window7_224", {}, None),
     "swin_base_patch4_window7_224.ms_in22k": ("swin_base_patch4_window7_224.ms_in22k", {}, None),
-    "resnet50": ("resnet50", {}, None),
+    # the thesis's ResNet-50 is ILM-VP's torchvision V2 weights (evaluated at 224); timm's bare
+    # "resnet50" is the a1_in1k recipe, evaluated at 288
+    "resnet50": ("resnet50.tv2_in1k", {}, None),
     "convnext_base": ("convnext_base", {}, None),
     "madapt-tiny-vit-in21k": (
         "vit_base_patch16_224.augreg_in21k",
