@@ -233,7 +233,7 @@ def test_recipe_run_and_report_with_evaluation(corpus_file: Path, prepared, tmp_
     folder.start("kind: adat\n")
     results = adat.run(cfg, prepared, folder, Console(quiet=True))
     adat.report(results, folder, Console(quiet=True))
-    assert set(results["evaluation"]) == {"adat", "unigram", "bpe"}
+    assert set(results["evaluation"]) == {"adat", "unigram", "bpe", "bytepiece"}
     # equal LM steps for every tokenizer compared (the step confound of equal-bytes training)
     assert len({r["train_steps"] for r in results["evaluation"].values()}) == 1
     assert all(r["vocab_size"] == 500 for r in results["evaluation"].values())
