@@ -84,3 +84,13 @@ def test_type_and_range_errors_name_the_field():
         load_config("demo/default", ["train.batch_size=many"])
     with pytest.raises(ConfigError, match=r"train\.iterations.*greater than 0"):
         load_config("demo/default", ["train.iterations=-1"])
+
+
+def test_labels_tell_two_entries_of_one_continual_method_apart(tmp_path):
+    cfg = load_config("demo/default", ["methods=[awof, {name: awof, label: awof_c0, weighting: c0}]"])
+    assert [m.key for m in cfg.methods] == ["awof", "awof_c0"]
+    assert [m.weighting for m in cfg.methods] == ["adaptive", "c0"]
+    saved = write(tmp_path, to_yaml(cfg), "saved.yaml")  # what a run folder keeps and --resume re-reads
+    assert [m.key for m in load_config(str(saved)).methods] == ["awof", "awof_c0"]
+    with pytest.raises(ConfigError, match=r"methods\.1.*'awof' appears twice.*label"):
+        load_config("demo/default", ["methods=[awof, {name: awof, weighting: c0}]"])

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from madapt.config import Strict
+from madapt.continual.method import MethodConfig
 from madapt.errors import ConfigError, closest
 from madapt.registry import get, names
 
@@ -75,7 +76,7 @@ class ContinualConfig(Strict):
     data: DataConfig
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
-    methods: list[SerializeAsAny[Strict]] = Field(..., min_length=1)
+    methods: list[SerializeAsAny[MethodConfig]] = Field(..., min_length=1)
     workers: int = Field(1, ge=1, description="methods run side by side in this many processes "
                                                "(ignored under accelerate launch: there all processes train one method)")
     threads: int | None = Field(None, ge=1, description="torch threads per process (default: torch's)")
@@ -92,17 +93,18 @@ class ContinualConfig(Strict):
 
     @field_validator("methods", mode="before")
     @classmethod
-    def _method_configs(cls, value: Any) -> list[Strict]:
+    def _method_configs(cls, value: Any) -> list[MethodConfig]:
         if not isinstance(value, list):
             raise ConfigError("methods", f"found {type(value).__name__}", "a list of {name: ..., <options>}")
         return [_method_config(i, item) for i, item in enumerate(value)]
 
     @model_validator(mode="after")
     def _consistent(self) -> "ContinualConfig":
-        names_seen = [m.name for m in self.methods]
-        for i, name in enumerate(names_seen):
-            if name in names_seen[:i]:
-                raise ConfigError(f"methods.{i}", f"'{name}' appears twice", "each method once (one sub-folder each)")
+        keys = [m.key for m in self.methods]
+        for i, key in enumerate(keys):
+            if key in keys[:i]:
+                raise ConfigError(f"methods.{i}", f"'{key}' appears twice",
+                                  "each entry once (one sub-folder each): give repeats of a method a label")
         if self.data.cil is not None:
             return self._check_cil()
         if not self.data.order:
@@ -133,10 +135,10 @@ class ContinualConfig(Strict):
         return self
 
 
-def _method_config(i: int, item: Any) -> Strict:
+def _method_config(i: int, item: Any) -> MethodConfig:
     """One entry of ``methods``: a name, or a mapping validated by that method's own Config."""
     item = {"name": item} if isinstance(item, str) else item
-    if isinstance(item, Strict):
+    if isinstance(item, MethodConfig):
         return item
     if not isinstance(item, dict) or "name" not in item:
         raise ConfigError(f"methods.{i}", f"found {item!r}", "a method name or {name: ..., <options>}")

@@ -26,20 +26,37 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
+from pydantic import Field
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from madapt.config import Strict
 from madapt.training import build_optimizer, warmup_cosine
 
 if TYPE_CHECKING:
-    from madapt.config import Strict
     from madapt.continual.context import Context
+
+
+class MethodConfig(Strict):
+    """Base of every continual method's Config: its ``name`` (a Literal in the subclass) and a ``label``.
+
+    ``label`` tells two entries of one method apart in a run, as the few-shot recipe's rows do
+    (``{name: awof, label: awof_only_c0, weighting: c0}``): the entry's sub-folder and report row.
+    """
+
+    name: str
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$",
+                              description="sub-folder and report row of this entry (default: its name)")
+
+    @property
+    def key(self) -> str:
+        return self.label or self.name
 
 
 class ContinualMethod(Protocol):
     """The engine's view of a continual method; the flags below are read, never probed."""
 
-    Config: ClassVar[type["Strict"]]
+    Config: ClassVar[type[MethodConfig]]
     trains: ClassVar[bool] = True  # False: evaluation only (zero-shot)
     text_frozen: ClassVar[bool] = False  # True: text tower never changes, evaluation heads are kept across rows
     needs_reference: ClassVar[bool] = False  # True: ctx.reference (images + captions) must be present

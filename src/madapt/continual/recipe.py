@@ -160,7 +160,7 @@ def run(cfg: ContinualConfig, prepared: Prepared, folder: RunFolder, console: Co
     in separate processes (one torch thread each is the fastest use of small CPUs)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    labels = [m.name for m in cfg.methods]
+    labels = [m.key for m in cfg.methods]
     entries: dict[str, dict[str, Any]] = {}
     if cfg.pretrained == RANDOM_INIT and join_processes().is_main:
         folder.log(f"{cfg.backbone}: randomly initialised (pretrained: {RANDOM_INIT}, seed {cfg.seed})")

@@ -16,18 +16,17 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from madapt.config import Strict
 from madapt.continual.losses import all_but_logit_scale
-from madapt.continual.method import ContinualMethod
+from madapt.continual.method import ContinualMethod, MethodConfig
 from madapt.registry import register
 from madapt.runs import load_tensors, save_tensors
 
 
-class FinetuneConfig(Strict):
+class FinetuneConfig(MethodConfig):
     name: Literal["finetune"] = "finetune"
 
 
-class IndividualConfig(Strict):
+class IndividualConfig(MethodConfig):
     name: Literal["individual"] = "individual"
 
 
@@ -42,7 +41,7 @@ def ce_loss(batch: tuple[torch.Tensor, torch.Tensor], ctx) -> torch.Tensor:
 class Finetune(ContinualMethod):
     Config = FinetuneConfig
 
-    def __init__(self, cfg: Strict) -> None:
+    def __init__(self, cfg: MethodConfig) -> None:
         self.cfg = cfg
 
     def trainable_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -67,7 +66,7 @@ class Individual(Finetune):
 
     Config = IndividualConfig
 
-    def __init__(self, cfg: Strict) -> None:
+    def __init__(self, cfg: MethodConfig) -> None:
         super().__init__(cfg)
         self.experts: list[int] = []  # tasks whose expert is on disk
         self._spare: torch.nn.Module | None = None  # a second model that holds one expert at a time

@@ -29,15 +29,14 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch.utils.data import Subset
 
-from madapt.config import Strict
 from madapt.continual.losses import all_but_logit_scale, distillation, frozen_copy
-from madapt.continual.method import ContinualMethod
+from madapt.continual.method import ContinualMethod, MethodConfig
 from madapt.continual.methods.finetune import ce_loss
 from madapt.continual.stream import BatchStream, eval_batches
 from madapt.registry import register
 
 
-class ICaRLConfig(Strict):
+class ICaRLConfig(MethodConfig):
     name: Literal["icarl"] = "icarl"
     memory_size: int = Field(10_000, ge=1, description="exemplar images kept (ZSCL --memory_size 10000)")
     herding_pool: int = Field(30_000, ge=1, description="herding reads a task's first images only (ZSCL: 30,000)")

@@ -30,15 +30,14 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from madapt.backbones.clip import random_token_texts
-from madapt.config import Strict
 from madapt.continual.losses import all_but_logit_scale, distillation, frozen_copy
-from madapt.continual.method import ContinualMethod
+from madapt.continual.method import ContinualMethod, MethodConfig
 from madapt.continual.methods.finetune import ce_loss
 from madapt.continual.stream import BatchStream
 from madapt.registry import register
 
 
-class LwFConfig(Strict):
+class LwFConfig(MethodConfig):
     name: Literal["lwf"] = "lwf"
     image_weight: float = Field(1.0, ge=0.0, description="image->text distillation weight (ZSCL --image_loss)")
     text_weight: float = Field(1.0, ge=0.0, description="text->image (transposed) weight (ZSCL --text_loss)")

@@ -12,13 +12,13 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from madapt.config import Strict
 from madapt.continual.losses import assign, snapshot
 from madapt.continual.methods.finetune import Finetune
+from madapt.continual.method import MethodConfig
 from madapt.registry import register
 
 
-class WiseFTConfig(Strict):
+class WiseFTConfig(MethodConfig):
     name: Literal["wise_ft"] = "wise_ft"
     alpha: float = Field(0.8, ge=0.0, le=1.0, description="weight of the fine-tuned model (ZSCL --wise_ft_alpha 0.8)")
 

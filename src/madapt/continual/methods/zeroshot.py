@@ -6,12 +6,11 @@ from typing import Literal
 
 import torch
 
-from madapt.config import Strict
-from madapt.continual.method import ContinualMethod
+from madapt.continual.method import ContinualMethod, MethodConfig
 from madapt.registry import register
 
 
-class ZeroShotConfig(Strict):
+class ZeroShotConfig(MethodConfig):
     name: Literal["zeroshot"] = "zeroshot"
 
 
@@ -24,7 +23,7 @@ class ZeroShot(ContinualMethod):
     trains = False
     text_frozen = True
 
-    def __init__(self, cfg: Strict) -> None:
+    def __init__(self, cfg: MethodConfig) -> None:
         self.cfg = cfg
 
     def trainable_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:

@@ -26,15 +26,14 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from madapt.config import Strict
 from madapt.continual.losses import all_but_logit_scale, assign, distillation, frozen_copy, snapshot
-from madapt.continual.method import ContinualMethod
+from madapt.continual.method import ContinualMethod, MethodConfig
 from madapt.continual.methods.finetune import ce_loss
 from madapt.continual.stream import BatchStream
 from madapt.registry import register
 
 
-class ZSCLConfig(Strict):
+class ZSCLConfig(MethodConfig):
     name: Literal["zscl"] = "zscl"
     image_weight: float = Field(1.0, ge=0.0, description="image-side distillation weight (--image_loss)")
     text_weight: float = Field(1.0, ge=0.0, description="text-side distillation weight (--text_loss)")
