@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-all demo bench clean
+.PHONY: venv test test-all lint demo bench clean
+LINT_PATHS := src tests benchmarks scripts
 
 $(BIN)/madapt: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +23,10 @@ test: venv
 
 test-all: venv
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 
 demo: venv
 	$(BIN)/madapt demo

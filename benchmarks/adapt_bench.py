@@ -43,7 +43,10 @@ from madapt.prompting.pruning import PruneSchedule
 
 
 class TokenPromptBlock(nn.Module):
-    """A frozen block whose prompts are real tokens: appended (vision) or written over positions 1..n (text)."""
+    """A frozen block whose prompts are real tokens.
+
+    Appended (vision) or written over positions 1..n (text).
+    """
 
     def __init__(self, block: nn.Module, n: int, append: bool) -> None:
         super().__init__()
@@ -57,7 +60,7 @@ class TokenPromptBlock(nn.Module):
         n = self.prompts.shape[0]
         p = self.prompts.unsqueeze(0).expand(q_x.shape[0], -1, -1).to(q_x.dtype)
         if not self.append:
-            return self.block(torch.cat([q_x[:, :1], p, q_x[:, 1 + n:]], dim=1), attn_mask=attn_mask)
+            return self.block(torch.cat([q_x[:, :1], p, q_x[:, 1 + n :]], dim=1), attn_mask=attn_mask)
         return self.block(torch.cat([q_x, p], dim=1), attn_mask=attn_mask)[:, : q_x.shape[1]]
 
 
@@ -94,7 +97,9 @@ def make(model_name: str):
 def build(backbone, variant: str, total: int, classes: list[str], n_k: int):
     b = copy.deepcopy(backbone)
     b.model.requires_grad_(False)
-    ctx = FewShotContext(b, classes, ["a photo of a {}."], torch.device("cpu"), epochs=1, steps_per_epoch=10**6)
+    ctx = FewShotContext(
+        b, classes, ["a photo of a {}."], torch.device("cpu"), epochs=1, steps_per_epoch=10**6
+    )
     if variant in ("kv_fixed", "qkv_tokens"):
         method = (KVFixed if variant == "kv_fixed" else QKVTokens)(KVFixedConfig(total_tokens=total))
         method.setup(ctx)
@@ -108,7 +113,7 @@ def build(backbone, variant: str, total: int, classes: list[str], n_k: int):
     live = torch.zeros(pool, dtype=torch.bool)
     live[torch.randperm(pool, generator=torch.Generator().manual_seed(1))[:keep]] = True
     for k, blk in enumerate(blocks):
-        blk.mask.copy_(live[16 * k:16 * (k + 1)])
+        blk.mask.copy_(live[16 * k : 16 * (k + 1)])
     if variant == "adapt_pruning_no_bookkeeping":
         method.after_backward = lambda ctx: None
     else:  # prune r_p = 1 token every n_k steps, never reaching T inside the benchmark
@@ -141,8 +146,14 @@ def flops(method, ctx, images) -> float:
     return counter.get_total_flops() / 1e9
 
 
-VARIANTS = ("kv_fixed", "adapt_pruning_mask", "adapt_pruning_gather", "adapt_pruning_no_bookkeeping",
-            "adapt_pruned", "qkv_tokens")
+VARIANTS = (
+    "kv_fixed",
+    "adapt_pruning_mask",
+    "adapt_pruning_gather",
+    "adapt_pruning_no_bookkeeping",
+    "adapt_pruned",
+    "qkv_tokens",
+)
 
 
 def bench(model_name: str, args) -> dict:
@@ -160,14 +171,20 @@ def bench(model_name: str, args) -> dict:
     gflops = {v: round(flops(m, c, images), 4) for v, (m, c) in built.items()}
     base = median["kv_fixed"]
     return {
-        "model": model_name, "image_size": size, "batch": args.batch, "classes": args.classes,
-        "total_tokens": args.tokens, "seconds_per_step": {v: round(t, 4) for v, t in median.items()},
+        "model": model_name,
+        "image_size": size,
+        "batch": args.batch,
+        "classes": args.classes,
+        "total_tokens": args.tokens,
+        "seconds_per_step": {v: round(t, 4) for v, t in median.items()},
         "ratio_vs_kv_fixed": {v: round(t / base, 3) for v, t in median.items()},
         "bookkeeping": round(median["adapt_pruning_mask"] / median["adapt_pruning_no_bookkeeping"] - 1, 3),
         "gflops_forward": gflops,
-        "targets": {"bookkeeping <= 0.10": median["adapt_pruning_mask"]
-                    <= 1.10 * median["adapt_pruning_no_bookkeeping"],
-                    "adapt_pruned <= kv_fixed": median["adapt_pruned"] <= base * 1.0},
+        "targets": {
+            "bookkeeping <= 0.10": median["adapt_pruning_mask"]
+            <= 1.10 * median["adapt_pruning_no_bookkeeping"],
+            "adapt_pruned <= kv_fixed": median["adapt_pruned"] <= base * 1.0,
+        },
     }
 
 
@@ -183,8 +200,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out = {"benchmark": "adapt step time and FLOPs", "threads": args.threads,
-           "results": [bench(m, args) for m in args.models]}
+    out = {
+        "benchmark": "adapt step time and FLOPs",
+        "threads": args.threads,
+        "results": [bench(m, args) for m in args.models],
+    }
     print(json.dumps(out, indent=2))
 
 

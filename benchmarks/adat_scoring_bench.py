@@ -131,9 +131,19 @@ def train_sentencepiece(lines: list[str], vocab_size: int, threads: int) -> tupl
     start = time.perf_counter()
     with rule_files() as normalizer:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines), model_writer=buffer, model_type="unigram", vocab_size=vocab_size,
-            hard_vocab_limit=False, byte_fallback=True, character_coverage=1.0, num_threads=threads,
-            input_sentence_size=0, max_sentence_length=1 << 16, minloglevel=2, pad_id=3, **normalizer,
+            sentence_iterator=iter(lines),
+            model_writer=buffer,
+            model_type="unigram",
+            vocab_size=vocab_size,
+            hard_vocab_limit=False,
+            byte_fallback=True,
+            character_coverage=1.0,
+            num_threads=threads,
+            input_sentence_size=0,
+            max_sentence_length=1 << 16,
+            minloglevel=2,
+            pad_id=3,
+            **normalizer,
         )
     return without_rule_paths(buffer.getvalue()), time.perf_counter() - start
 
@@ -153,16 +163,23 @@ def sampler_throughput(proto: bytes, texts: list[str], alpha: float, chunk: int 
     for _ in range(2):  # cold (builds the per-unit tables), then warm (cache hits only)
         t0, n = time.perf_counter(), 0
         for lo in range(0, len(texts), chunk):
-            n += len(sampler.sample_flat(texts[lo:lo + chunk], rng)[0])
+            n += len(sampler.sample_flat(texts[lo : lo + chunk], rng)[0])
         rates.append(n / (time.perf_counter() - t0))
-    return {"texts": len(texts), "sentencepiece_tokens": n_sp, "ffbs_tokens": n,
-            "sentencepiece_tok_per_s": round(sp_rate), "ffbs_cold_tok_per_s": round(rates[0]),
-            "ffbs_warm_tok_per_s": round(rates[1]), "ffbs_cold_over_sentencepiece": round(rates[0] / sp_rate, 3),
-            "ffbs_warm_over_sentencepiece": round(rates[1] / sp_rate, 3)}
+    return {
+        "texts": len(texts),
+        "sentencepiece_tokens": n_sp,
+        "ffbs_tokens": n,
+        "sentencepiece_tok_per_s": round(sp_rate),
+        "ffbs_cold_tok_per_s": round(rates[0]),
+        "ffbs_warm_tok_per_s": round(rates[1]),
+        "ffbs_cold_over_sentencepiece": round(rates[0] / sp_rate, 3),
+        "ffbs_warm_over_sentencepiece": round(rates[1] / sp_rate, 3),
+    }
 
 
-def lm_throughput(proto: bytes, train: list[str], held_out: list[str], settings, steps: int,
-                  alpha: float) -> dict[str, float]:
+def lm_throughput(
+    proto: bytes, train: list[str], held_out: list[str], settings, steps: int, alpha: float
+) -> dict[str, float]:
     """Tokens/s of one round's scoring LM: training on sampled segmentations, then eq. 5.3's
     per-piece loss accumulation on the Viterbi-segmented held-out slice."""
     import torch
@@ -186,12 +203,21 @@ def lm_throughput(proto: bytes, train: list[str], held_out: list[str], settings,
     t0 = time.perf_counter()
     acc = lms.accumulate_loss(model, held, vocab, settings.eval_batch_size)
     t_eval = time.perf_counter() - t0
-    return {"preset": settings.preset, "vocab": vocab, "seq_len": settings.seq_len,
-            "batch_size": settings.batch_size, "torch_threads": torch.get_num_threads(),
-            "train_steps": steps, "train_tokens": n_train, "train_s": round(t_train, 2),
-            "train_tok_per_s": round(n_train / t_train), "heldout_tokens": held.n_predicted,
-            "heldout_s": round(t_eval, 2), "heldout_tok_per_s": round(held.n_predicted / t_eval),
-            "heldout_mean_ce": round(float(acc.total.sum() / acc.count.sum()), 3)}
+    return {
+        "preset": settings.preset,
+        "vocab": vocab,
+        "seq_len": settings.seq_len,
+        "batch_size": settings.batch_size,
+        "torch_threads": torch.get_num_threads(),
+        "train_steps": steps,
+        "train_tokens": n_train,
+        "train_s": round(t_train, 2),
+        "train_tok_per_s": round(n_train / t_train),
+        "heldout_tokens": held.n_predicted,
+        "heldout_s": round(t_eval, 2),
+        "heldout_tok_per_s": round(held.n_predicted / t_eval),
+        "heldout_mean_ce": round(float(acc.total.sum() / acc.count.sum()), 3),
+    }
 
 
 def micro_figures(quick: bool) -> dict[str, object]:
@@ -217,10 +243,14 @@ def micro_figures(quick: bool) -> dict[str, object]:
     if alpha == "auto":  # the α round 1 of the preset would use
         from madapt.tokenizers.sampling import calibrate_alpha
 
-        alpha = calibrate_alpha(proto, train[:cfg.calibration_docs], cfg.max_length_ratio, cfg.seed)[0]
-    return {"sampling_alpha": alpha, "sampler": sampler_throughput(proto, sample_texts, alpha),
-            "lm_scoring": lm_throughput(proto, train, held[:300] if quick else held, settings,
-                                        steps=10 if quick else 40, alpha=alpha)}
+        alpha = calibrate_alpha(proto, train[: cfg.calibration_docs], cfg.max_length_ratio, cfg.seed)[0]
+    return {
+        "sampling_alpha": alpha,
+        "sampler": sampler_throughput(proto, sample_texts, alpha),
+        "lm_scoring": lm_throughput(
+            proto, train, held[:300] if quick else held, settings, steps=10 if quick else 40, alpha=alpha
+        ),
+    }
 
 
 def _peak_mb() -> float:
@@ -257,16 +287,28 @@ def _round_phase(text_path: str, proto_path: str, out: Queue) -> None:
     evidenced = np.random.default_rng(1).random(len(b)) < 0.9
     score = adat_score(stats.loss, b, "ratio")
     required = model.required_mask()
-    keep = prune_by_evidence(model.pieces, score, stats.loss, int((~required).sum()) // 5, required, evidenced)
+    keep = prune_by_evidence(
+        model.pieces, score, stats.loss, int((~required).sum()) // 5, required, evidenced
+    )
     times["score_and_prune_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     reestimate_scores(model.subset(keep), words, 2)
     times["em_2_iterations_s"] = time.perf_counter() - t0
     finite = np.isfinite(stats.loss)
-    out.put({**times, "seconds": sum(times.values()), "cpu_seconds": time.process_time() - c0, "peak_mb": _peak_mb(), "unique_words": len(words.words),
-             "unique_word_chars": sum(len(w) for w in words.words), "vocab": len(model.pieces),
-             "pruned": int((~keep).sum()), "loss_negative_fraction": round(float((stats.loss[finite] < 0).mean()), 5),
-             "loss_inf_count": int((~finite).sum())})
+    out.put(
+        {
+            **times,
+            "seconds": sum(times.values()),
+            "cpu_seconds": time.process_time() - c0,
+            "peak_mb": _peak_mb(),
+            "unique_words": len(words.words),
+            "unique_word_chars": sum(len(w) for w in words.words),
+            "vocab": len(model.pieces),
+            "pruned": int((~keep).sum()),
+            "loss_negative_fraction": round(float((stats.loss[finite] < 0).mean()), 5),
+            "loss_inf_count": int((~finite).sum()),
+        }
+    )
 
 
 def iter_lines(path: str):
@@ -308,19 +350,26 @@ def main() -> None:
         baseline = _in_child(_sentencepiece_phase, text_path, vocab, args.threads, proto_path)
         ours = _in_child(_round_phase, text_path, proto_path)
     extra = {} if args.skip_lm else micro_figures(args.quick)
-    print(json.dumps({
-        "text_mbytes": round(sum(len(x.encode()) + 1 for x in lines) / 1e6, 2),
-        "vocab_requested": vocab, "threads": args.threads, "cpu_count": os.cpu_count(),
-        "text_generation_s": round(t_text, 2),
-        "sentencepiece_train": {k: round(v, 2) for k, v in baseline.items()},
-        "round": {k: round(v, 3) if isinstance(v, float) else v for k, v in ours.items()},
-        "round_over_sentencepiece_time": round(ours["seconds"] / baseline["seconds"], 3),
-        "round_over_sentencepiece_cpu_time": round(ours["cpu_seconds"] / baseline["cpu_seconds"], 3),
-        "round_over_sentencepiece_peak_memory": round(ours["peak_mb"] / baseline["peak_mb"], 3),
-        "targets": {"seconds": 60.0, "peak_mb": 2048.0},
-        "targets_met": bool(ours["seconds"] <= 60.0 and ours["peak_mb"] <= 2048.0),
-        **extra,
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "text_mbytes": round(sum(len(x.encode()) + 1 for x in lines) / 1e6, 2),
+                "vocab_requested": vocab,
+                "threads": args.threads,
+                "cpu_count": os.cpu_count(),
+                "text_generation_s": round(t_text, 2),
+                "sentencepiece_train": {k: round(v, 2) for k, v in baseline.items()},
+                "round": {k: round(v, 3) if isinstance(v, float) else v for k, v in ours.items()},
+                "round_over_sentencepiece_time": round(ours["seconds"] / baseline["seconds"], 3),
+                "round_over_sentencepiece_cpu_time": round(ours["cpu_seconds"] / baseline["cpu_seconds"], 3),
+                "round_over_sentencepiece_peak_memory": round(ours["peak_mb"] / baseline["peak_mb"], 3),
+                "targets": {"seconds": 60.0, "peak_mb": 2048.0},
+                "targets_met": bool(ours["seconds"] <= 60.0 and ours["peak_mb"] <= 2048.0),
+                **extra,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -120,8 +120,13 @@ def worker_ours(n_source: int, n_target: int, n: int) -> dict:
     clock.stop("solve")
     out = clock.report(total_of=["accumulate", "cost", "solve"])
     out["total_with_softmax_s"] = round(out["total_s"] + clock.wall["softmax"], 4)
-    return {**out, "peak_rss_delta_mb": round(peak_rss_mb() - base, 1),
-            "ot_cost": mapping_cost(cost, mapping), "avg_ot_cost": mapping_cost(cost, mapping) / n_target, "n": n}
+    return {
+        **out,
+        "peak_rss_delta_mb": round(peak_rss_mb() - base, 1),
+        "ot_cost": mapping_cost(cost, mapping),
+        "avg_ot_cost": mapping_cost(cost, mapping) / n_target,
+        "n": n,
+    }
 
 
 def worker_ilmvp(n_source: int, n_target: int, n: int) -> dict:
@@ -154,10 +159,16 @@ def worker_ilmvp(n_source: int, n_target: int, n: int) -> dict:
     pairs = torch.nonzero(picked)
     mapping = pairs[:, 0][torch.sort(pairs[:, 1]).indices]
     clock.stop("greedy")
-    out = {**clock.report(total_of=["dist_matrix", "greedy"]),
-           "peak_rss_delta_mb": round(peak_rss_mb() - base, 1), "n": n, "mapping_size": int(mapping.numel())}
+    out = {
+        **clock.report(total_of=["dist_matrix", "greedy"]),
+        "peak_rss_delta_mb": round(peak_rss_mb() - base, 1),
+        "n": n,
+        "mapping_size": int(mapping.numel()),
+    }
     del dist, picked, flat
-    cost = ot_cost_from_sums(accumulate_ours(n_source, n_target, n, Clock()).stats().prob_sums)  # scoring only
+    cost = ot_cost_from_sums(
+        accumulate_ours(n_source, n_target, n, Clock()).stats().prob_sums
+    )  # scoring only
     return {**out, "avg_ot_cost": mapping_cost(cost, mapping.numpy()) / n_target}
 
 
@@ -168,16 +179,33 @@ def worker_pot_emd(n_source: int, n_target: int, n: int) -> dict:
     clock.start()
     mapping = solve_emd(cost)
     clock.stop("solve")
-    return {**clock.report(total_of=["solve"]), "peak_rss_delta_mb": round(peak_rss_mb() - base, 1),
-            "ot_cost": mapping_cost(cost, mapping), "avg_ot_cost": mapping_cost(cost, mapping) / n_target, "n": n}
+    return {
+        **clock.report(total_of=["solve"]),
+        "peak_rss_delta_mb": round(peak_rss_mb() - base, 1),
+        "ot_cost": mapping_cost(cost, mapping),
+        "avg_ot_cost": mapping_cost(cost, mapping) / n_target,
+        "n": n,
+    }
 
 
 WORKERS = {"ours": worker_ours, "ilmvp": worker_ilmvp, "pot_emd": worker_pot_emd}
 
 
 def run_worker(name: str, n_source: int, n_target: int, n: int, threads: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", name, "--n-source", str(n_source),
-           "--n-target", str(n_target), "--n", str(n), "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        name,
+        "--n-source",
+        str(n_source),
+        "--n-target",
+        str(n_target),
+        "--n",
+        str(n),
+        "--threads",
+        str(threads),
+    ]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, check=True)
     except subprocess.TimeoutExpired:
@@ -212,23 +240,41 @@ def baseline(n_source: int, n_target: int, n: int, full: bool, threads: int, sha
     budget_mb = share * mem_available_mb()
     n_run = n if full or need_mb <= budget_mb else CHUNK * int(budget_mb / ilmvp_buffers_mb(CHUNK, n_source))
     if n_run < CHUNK:
-        return {"error": f"not even {CHUNK} outputs fit in {budget_mb:.0f} MB", "memory_needed_mb": round(need_mb)}
+        return {
+            "error": f"not even {CHUNK} outputs fit in {budget_mb:.0f} MB",
+            "memory_needed_mb": round(need_mb),
+        }
     run = run_worker("ilmvp", n_source, n_target, min(n_run, n), threads)
-    return {**run, "full_scale": n_run >= n, "memory_budget_mb": round(budget_mb),
-            "buffers_needed_at_full_n_mb_computed": round(need_mb),
-            "buffers_needed_at_measured_n_mb_computed": round(ilmvp_buffers_mb(min(n_run, n), n_source))}
+    return {
+        **run,
+        "full_scale": n_run >= n,
+        "memory_budget_mb": round(budget_mb),
+        "buffers_needed_at_full_n_mb_computed": round(need_mb),
+        "buffers_needed_at_measured_n_mb_computed": round(ilmvp_buffers_mb(min(n_run, n), n_source)),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small problem (seconds), same code paths")
-    parser.add_argument("--full-baseline", action="store_true",
-                        help="run ILM-VP at full N even if it exceeds the memory budget (~8 GiB)")
+    parser.add_argument(
+        "--full-baseline",
+        action="store_true",
+        help="run ILM-VP at full N even if it exceeds the memory budget (~8 GiB)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs of ours (median reported)")
-    parser.add_argument("--memory-share", type=float, default=MEMORY_SHARE,
-                        help="share of MemAvailable the ILM-VP baseline may use")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                        help="torch threads in every worker (default: torch's default)")
+    parser.add_argument(
+        "--memory-share",
+        type=float,
+        default=MEMORY_SHARE,
+        help="share of MemAvailable the ILM-VP baseline may use",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="torch threads in every worker (default: torch's default)",
+    )
     parser.add_argument("--worker", choices=sorted(WORKERS))
     parser.add_argument("--n-source", type=int)
     parser.add_argument("--n-target", type=int)
@@ -241,16 +287,23 @@ def main() -> None:
 
     size = QUICK if args.quick else FULL
     load_before = os.getloadavg()
-    ours_runs = [run_worker("ours", size["n_source"], size["n_target"], size["n"], args.threads)
-                 for _ in range(args.repeats)]
+    ours_runs = [
+        run_worker("ours", size["n_source"], size["n_target"], size["n"], args.threads)
+        for _ in range(args.repeats)
+    ]
     ours = median_run(ours_runs)
-    ilmvp = baseline(size["n_source"], size["n_target"], size["n"], args.full_baseline, args.threads,
-                     args.memory_share)
+    ilmvp = baseline(
+        size["n_source"], size["n_target"], size["n"], args.full_baseline, args.threads, args.memory_share
+    )
     pot = run_worker("pot_emd", size["n_source"], size["n_target"], size["n"], args.threads)
     same_n = ours
     if ilmvp.get("n", size["n"]) != size["n"]:  # ours again at the baseline's N: like-for-like ratios
-        same_n = median_run([run_worker("ours", size["n_source"], size["n_target"], ilmvp["n"], args.threads)
-                             for _ in range(args.repeats)])
+        same_n = median_run(
+            [
+                run_worker("ours", size["n_source"], size["n_target"], ilmvp["n"], args.threads)
+                for _ in range(args.repeats)
+            ]
+        )
 
     def ratio(a: dict, b: dict, key_a: str, key_b: str) -> float | None:
         return round(a[key_a] / b[key_b], 4) if key_a in a and key_b in b and b[key_b] else None
@@ -258,13 +311,20 @@ def main() -> None:
     report = {
         "benchmark": "labelmap (a): mapping time and peak memory, ImageNet-22K-sized",
         "problem": {**size, "chunk_rows": CHUNK, "inputs": "random logits * 3, softmax per chunk"},
-        "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads,
-                    "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-                    "mem_available_mb": round(mem_available_mb())},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": args.threads,
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            "mem_available_mb": round(mem_available_mb()),
+        },
         "memory_measure": "peak RSS (getrusage ru_maxrss) increase of a fresh worker process over its value "
-                          "after imports and the first generated chunk",
-        "ours_otlm_streaming_lsa": {**ours, "runs_total_s": [r.get("total_s") for r in ours_runs],
-                                    "runs_total_cpu_s": [r.get("total_cpu_s") for r in ours_runs]},
+        "after imports and the first generated chunk",
+        "ours_otlm_streaming_lsa": {
+            **ours,
+            "runs_total_s": [r.get("total_s") for r in ours_runs],
+            "runs_total_cpu_s": [r.get("total_cpu_s") for r in ours_runs],
+        },
         "ilmvp_greedy_flm": ilmvp,
         "ours_at_ilmvp_n": same_n if same_n is not ours else "same as ours_otlm_streaming_lsa (full N)",
         "pot_emd_on_ot_cost": pot,
@@ -280,14 +340,18 @@ def main() -> None:
             "ours_lsa_vs_pot_emd_solve_time": ratio(ours, pot, "solve_s", "solve_s"),
             "ours_lsa_vs_ilmvp_greedy_time": ratio(ours, ilmvp, "solve_s", "greedy_s"),
         },
-        "avg_ot_cost": {"n": ilmvp.get("n"), "ours_lsa": same_n.get("avg_ot_cost"),
-                        "ilmvp_greedy_flm": ilmvp.get("avg_ot_cost"),
-                        "at_full_n": {"ours_lsa": ours.get("avg_ot_cost"), "pot_emd": pot.get("avg_ot_cost")},
-                        "note": "eq. 6.10 cost of each mapping on the same outputs, per target class"},
-        "same_optimum_lsa_vs_emd": (abs(ours["ot_cost"] - pot["ot_cost"]) < 1e-6
-                                    if "ot_cost" in ours and "ot_cost" in pot else None),
+        "avg_ot_cost": {
+            "n": ilmvp.get("n"),
+            "ours_lsa": same_n.get("avg_ot_cost"),
+            "ilmvp_greedy_flm": ilmvp.get("avg_ot_cost"),
+            "at_full_n": {"ours_lsa": ours.get("avg_ot_cost"), "pot_emd": pot.get("avg_ot_cost")},
+            "note": "eq. 6.10 cost of each mapping on the same outputs, per target class",
+        },
+        "same_optimum_lsa_vs_emd": (
+            abs(ours["ot_cost"] - pot["ot_cost"]) < 1e-6 if "ot_cost" in ours and "ot_cost" in pot else None
+        ),
         "timing_note": "*_s are wall seconds, *_cpu_s process CPU seconds (all threads); ours is the median "
-                       "of --repeats runs; softmax is reported apart (its input is given as softmax outputs)",
+        "of --repeats runs; softmax is reported apart (its input is given as softmax outputs)",
         "target": "ours total_s <= 1 s on 2 cores",
     }
     print(json.dumps(report, indent=2))

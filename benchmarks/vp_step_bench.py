@@ -65,27 +65,55 @@ def main() -> None:
         build_s = time.perf_counter() - started
         out: dict[str, dict] = {}
         for precision in args.precisions.split(","):
-            overrides = [f"weights={root / 'vit.safetensors'}", "data.name=fixture", f"data.data_root={root / 'data'}",
-                         "train.epochs=1", f"train.batch_size={args.batch_size}", "eval_batch_size=16",
-                         "variants=[otlm]", f"threads={args.threads}", f"precision={precision}", "device=cpu"]
+            overrides = [
+                f"weights={root / 'vit.safetensors'}",
+                "data.name=fixture",
+                f"data.data_root={root / 'data'}",
+                "train.epochs=1",
+                f"train.batch_size={args.batch_size}",
+                "eval_batch_size=16",
+                "variants=[otlm]",
+                f"threads={args.threads}",
+                f"precision={precision}",
+                "device=cpu",
+            ]
             began = time.perf_counter()
-            results = run_experiment(PRESET, overrides, root / f"run_{precision}", False,
-                                     Console(file=io.StringIO()))
+            results = run_experiment(
+                PRESET, overrides, root / f"run_{precision}", False, Console(file=io.StringIO())
+            )
             entry = results["variants"]["otlm"]
             steps = math.ceil(entry["train_images"] / args.batch_size)
             step_s = entry["history"][0]["seconds"] / steps
-            out[precision] = {"seconds_per_step": round(step_s, 3),
-                              "seconds_per_image": round(step_s / args.batch_size, 4), "steps": steps,
-                              "run_seconds_total": round(time.perf_counter() - began, 1),
-                              "trainable_params": entry["trainable_params"], "loss": entry["history"][0]["loss"]}
-    print(json.dumps({
-        "benchmark": f"{PRESET} one epoch on CPU (random-init {BACKBONE}, generated 64 px images -> 224)",
-        "images": args.images, "batch_size": args.batch_size, "threads": args.threads,
-        "cpus": os.cpu_count(), "loadavg": os.getloadavg(), "weights_build_and_save_s": round(build_s, 1),
-        "per_precision": out,
-        "ratio_vs_fp32": {p: round(v["seconds_per_step"] / out["fp32"]["seconds_per_step"], 3)
-                          for p, v in out.items()} if "fp32" in out else None,
-    }, indent=1))
+            out[precision] = {
+                "seconds_per_step": round(step_s, 3),
+                "seconds_per_image": round(step_s / args.batch_size, 4),
+                "steps": steps,
+                "run_seconds_total": round(time.perf_counter() - began, 1),
+                "trainable_params": entry["trainable_params"],
+                "loss": entry["history"][0]["loss"],
+            }
+    print(
+        json.dumps(
+            {
+                "benchmark": f"{PRESET} one epoch on CPU (random-init {BACKBONE}, "
+                "generated 64 px images -> 224)",
+                "images": args.images,
+                "batch_size": args.batch_size,
+                "threads": args.threads,
+                "cpus": os.cpu_count(),
+                "loadavg": os.getloadavg(),
+                "weights_build_and_save_s": round(build_s, 1),
+                "per_precision": out,
+                "ratio_vs_fp32": {
+                    p: round(v["seconds_per_step"] / out["fp32"]["seconds_per_step"], 3)
+                    for p, v in out.items()
+                }
+                if "fp32" in out
+                else None,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

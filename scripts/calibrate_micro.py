@@ -41,13 +41,21 @@ def accuracy(bb: ClipBackbone, spec: DomainSpec, images: np.ndarray, labels: np.
     head = zero_shot_head(bb, list(spec.classnames), list(spec.templates), ensemble=True)
     correct = 0
     for i in range(0, len(images), 500):
-        feats = bb.encode_image(images_to_tensor(images[i:i + 500], bb.mean, bb.std))
-        correct += (clip_logits(feats, head).argmax(1).numpy() == labels[i:i + 500]).sum()
+        feats = bb.encode_image(images_to_tensor(images[i : i + 500], bb.mean, bb.std))
+        correct += (clip_logits(feats, head).argmax(1).numpy() == labels[i : i + 500]).sum()
     return 100.0 * correct / len(images)
 
 
-def finetune(bb: ClipBackbone, spec: DomainSpec, images: np.ndarray, labels: np.ndarray,
-             steps: int, batch: int, lr: float, seed: int) -> None:
+def finetune(
+    bb: ClipBackbone,
+    spec: DomainSpec,
+    images: np.ndarray,
+    labels: np.ndarray,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+) -> None:
     """Fine-tune the whole model in place on one domain (ZSCL's recipe at micro scale)."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(bb.model.parameters(), lr=lr, weight_decay=0.0)
@@ -70,31 +78,48 @@ def finetune(bb: ClipBackbone, spec: DomainSpec, images: np.ndarray, labels: np.
 
 
 def markdown(res: dict) -> str:
-    lines = ["## Calibration (`scripts/calibrate_micro.py`)", "",
-             f"Test splits of {res['n_test']} images per domain (seed {res['seed']}); fine-tuning "
-             f"{res['steps']} steps, batch {res['batch']}, lr {res['lr']}; {res['minutes']:.1f} minutes.", "",
-             "| domain (chance) | held-out share | zero-shot | fine-tuned | headroom |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "## Calibration (`scripts/calibrate_micro.py`)",
+        "",
+        f"Test splits of {res['n_test']} images per domain (seed {res['seed']}); fine-tuning "
+        f"{res['steps']} steps, batch {res['batch']}, lr {res['lr']}; {res['minutes']:.1f} minutes.",
+        "",
+        "| domain (chance) | held-out share | zero-shot | fine-tuned | headroom |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name, d in res["domains"].items():
-        lines.append(f"| {name} ({d['chance']:.1f}) | {d['heldout_fraction']:.2f} | {d['zero_shot']:.1f} | "
-                     f"{d['finetuned']:.1f} | {d['finetuned'] - d['zero_shot']:.1f} |")
+        lines.append(
+            f"| {name} ({d['chance']:.1f}) | {d['heldout_fraction']:.2f} | {d['zero_shot']:.1f} | "
+            f"{d['finetuned']:.1f} | {d['finetuned'] - d['zero_shot']:.1f} |"
+        )
     seq, zs = res["sequential"], res["zero_shot_metrics"]
-    lines += ["", f"Sequential fine-tuning, {res['order']} ({' → '.join(seq['domains'])}):", "",
-              "| | Transfer | Avg | Last |", "| --- | --- | --- | --- |",
-              f"| zero-shot | {zs['transfer']:.1f} | {zs['avg']:.1f} | {zs['last']:.1f} |",
-              f"| sequential fine-tuning | {seq['transfer']:.1f} | {seq['avg']:.1f} | {seq['last']:.1f} |",
-              f"| individual fine-tuning (Last) | | | {seq['individual_last']:.1f} |", "",
-              "Accuracy matrix (row = after training task i, column = domain j):", ""]
-    lines += ["| after \\ on | " + " | ".join(seq["domains"]) + " |",
-              "|---" * (len(seq["domains"]) + 1) + "|"]
+    lines += [
+        "",
+        f"Sequential fine-tuning, {res['order']} ({' → '.join(seq['domains'])}):",
+        "",
+        "| | Transfer | Avg | Last |",
+        "| --- | --- | --- | --- |",
+        f"| zero-shot | {zs['transfer']:.1f} | {zs['avg']:.1f} | {zs['last']:.1f} |",
+        f"| sequential fine-tuning | {seq['transfer']:.1f} | {seq['avg']:.1f} | {seq['last']:.1f} |",
+        f"| individual fine-tuning (Last) | | | {seq['individual_last']:.1f} |",
+        "",
+        "Accuracy matrix (row = after training task i, column = domain j):",
+        "",
+    ]
+    lines += [
+        "| after \\ on | " + " | ".join(seq["domains"]) + " |",
+        "|---" * (len(seq["domains"]) + 1) + "|",
+    ]
     for name, row in zip(seq["domains"], seq["matrix"]):
         lines.append(f"| {name} | " + " | ".join(f"{a:.1f}" for a in row) + " |")
     return "\n".join(lines) + "\n"
 
 
 def _splits(domain: str, args: argparse.Namespace) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    out = {"test": make_split(domain, "test", args.n_test, args.seed),
-           "train": make_split(domain, "train", args.n_train, args.seed)}
+    out = {
+        "test": make_split(domain, "test", args.n_test, args.seed),
+        "train": make_split(domain, "train", args.n_train, args.seed),
+    }
     if args.styles:  # in-distribution-only and held-out-only test images
         for style, frac in (("in", 0.0), ("heldout", 1.0)):
             out[style] = make_split(domain, "test", args.n_test // 2, args.seed + 1, heldout_fraction=frac)
@@ -134,8 +159,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--from-json", type=Path, default=None,
-                    help="re-render --readme from the JSON line a previous run printed")
+    ap.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="re-render --readme from the JSON line a previous run printed",
+    )
     ap.add_argument("--n-test", type=int, default=1000)
     ap.add_argument("--n-train", type=int, default=4000)
     ap.add_argument("--seed", type=int, default=0)
@@ -160,12 +189,23 @@ def main() -> None:
         return
     seq = {k: v for k, v in mtil_metrics(matrix).items() if k in ("transfer", "avg", "last")}
     zs = mtil_metrics([[rows[d]["zero_shot"] for d in order]] * len(order))
-    res = {"n_test": args.n_test, "seed": args.seed, "steps": args.steps, "batch": args.batch,
-           "lr": args.lr, "order": args.order, "domains": rows,
-           "sequential": {"domains": order, "matrix": matrix, **seq,
-                          "individual_last": float(np.mean([rows[d]["finetuned"] for d in order]))},
-           "zero_shot_metrics": {k: zs[k] for k in ("transfer", "avg", "last")},
-           "minutes": (time.time() - start) / 60}
+    res = {
+        "n_test": args.n_test,
+        "seed": args.seed,
+        "steps": args.steps,
+        "batch": args.batch,
+        "lr": args.lr,
+        "order": args.order,
+        "domains": rows,
+        "sequential": {
+            "domains": order,
+            "matrix": matrix,
+            **seq,
+            "individual_last": float(np.mean([rows[d]["finetuned"] for d in order])),
+        },
+        "zero_shot_metrics": {k: zs[k] for k in ("transfer", "avg", "last")},
+        "minutes": (time.time() - start) / 60,
+    }
     print(json.dumps(res), flush=True)
     if args.readme:
         _write_readme(args.readme, res)

@@ -24,13 +24,17 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from madapt.backbones.micro import (
-    MicroTokenizer, build_micro_model, images_to_tensor, micro_config,
+    MicroTokenizer,
+    build_micro_model,
+    images_to_tensor,
+    micro_config,
 )
 from madapt.data.synthetic import pretraining_batches, vocabulary_words
 
 
-def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,
-                     captions: list[str]) -> torch.Tensor:
+def contrastive_loss(
+    img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, captions: list[str]
+) -> torch.Tensor:
     """Symmetric InfoNCE with identical captions as shared positives."""
     logits = scale * img @ txt.T
     ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
@@ -61,15 +65,16 @@ embedding dim 128), pretrained from scratch on the procedural captioned world of
 ## How it was made
 
     PYTHONPATH=src python scripts/pretrain_micro_clip.py \\
-        --steps {s['steps']} --batch-size {s['batch_size']} --warmup {s['warmup']} \\
-        --seed {s['seed']} --threads {s['threads']} --out src/madapt/assets/micro_clip
+        --steps {s["steps"]} --batch-size {s["batch_size"]} --warmup {s["warmup"]} \\
+        --seed {s["seed"]} --threads {s["threads"]} --out src/madapt/assets/micro_clip
 
-- {s['steps']} steps at batch {s['batch_size']} ({s['steps'] * s['batch_size']:,} generated pairs),
-  AdamW lr {s['lr']} (warm-up {s['warmup']} steps, cosine), weight decay 0.1 on matrices,
-  learnable temperature (final 1/T {s['final_inv_temperature']}), identical captions in a batch are shared positives.
-- {s['seconds'] / 60:.1f} minutes on {s['threads']} CPU threads of a machine shared with other jobs
-  (data generation {100 * s['data_fraction']:.0f} % of the time).
-- Loss {s['first_loss']} at the first step, {s['final_loss_ema']} at the end (moving average).
+- {s["steps"]} steps at batch {s["batch_size"]} ({s["steps"] * s["batch_size"]:,} generated pairs),
+  AdamW lr {s["lr"]} (warm-up {s["warmup"]} steps, cosine), weight decay 0.1 on matrices,
+  learnable temperature (final 1/T {s["final_inv_temperature"]}),
+  identical captions in a batch are shared positives.
+- {s["seconds"] / 60:.1f} minutes on {s["threads"]} CPU threads of a machine shared with other jobs
+  (data generation {100 * s["data_fraction"]:.0f} % of the time).
+- Loss {s["first_loss"]} at the first step, {s["final_loss_ema"]} at the end (moving average).
 - Weights: fp32 safetensors; keys match `open_clip.model.CLIP` exactly.
 
 <!-- calibration -->
@@ -100,8 +105,10 @@ def main() -> None:
     # weight decay on weight matrices only (not on gains, biases, embeddings or the temperature)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+    )
 
     def lr_at(step: int) -> float:
         if step < args.warmup:
@@ -132,19 +139,30 @@ def main() -> None:
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if (step + 1) % args.log_every == 0 or step == 0:
             el = time.time() - start
-            print(f"step {step + 1}/{args.steps} loss {loss.item():.3f} ema {ema:.3f} "
-                  f"1/T {model.logit_scale.exp().item():.1f} lr {lr_at(step):.2e} "
-                  f"{el:.0f}s data {100 * data_time / el:.0f}%", flush=True)
+            print(
+                f"step {step + 1}/{args.steps} loss {loss.item():.3f} ema {ema:.3f} "
+                f"1/T {model.logit_scale.exp().item():.1f} lr {lr_at(step):.2e} "
+                f"{el:.0f}s data {100 * data_time / el:.0f}%",
+                flush=True,
+            )
         if args.checkpoint_dir and (step + 1) % args.save_every == 0:
             write_assets(args.checkpoint_dir / f"step{step + 1}", model, config, tokenizer)
     elapsed = time.time() - start
     write_assets(args.out, model, config, tokenizer)
-    summary = {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
-               "threads": args.threads, "lr": args.lr, "warmup": args.warmup,
-               "parameters": n_params, "seconds": round(elapsed), "data_fraction":
-               round(data_time / elapsed, 3), "first_loss": round(first_loss, 3),
-               "final_loss_ema": round(ema, 3), "final_inv_temperature":
-               round(model.logit_scale.exp().item(), 2)}
+    summary = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "threads": args.threads,
+        "lr": args.lr,
+        "warmup": args.warmup,
+        "parameters": n_params,
+        "seconds": round(elapsed),
+        "data_fraction": round(data_time / elapsed, 3),
+        "first_loss": round(first_loss, 3),
+        "final_loss_ema": round(ema, 3),
+        "final_inv_temperature": round(model.logit_scale.exp().item(), 2),
+    }
     (args.out / "README.md").write_text(readme(summary, n_params))
     print(json.dumps(summary), flush=True)
 

@@ -68,7 +68,7 @@ def main() -> None:
         order = torch.randperm(len(train), generator=gen)
         total = 0.0
         for start in range(0, len(train), args.batch_size):
-            x, y = train.batch(order[start:start + args.batch_size])
+            x, y = train.batch(order[start : start + args.batch_size])
             # Random flips/shifts would change letter identity; mild brightness jitter only.
             x = (x * (0.8 + 0.4 * torch.rand(len(x), 1, 1, 1, generator=gen))).clamp_(0, 1)
             loss = F.cross_entropy(model(normalise(x, mean, std)), y, label_smoothing=0.1)
@@ -77,18 +77,29 @@ def main() -> None:
             opt.step()
             sched.step()
             total += float(loss.detach()) * len(y)
-        print(f"epoch {epoch + 1}: loss {total / len(train):.3f}  test acc "
-              f"{accuracy(model, test, mean, std):.1f}%  ({time.time() - t0:.0f} s)", flush=True)
+        print(
+            f"epoch {epoch + 1}: loss {total / len(train):.3f}  test acc "
+            f"{accuracy(model, test, mean, std):.1f}%  ({time.time() - t0:.0f} s)",
+            flush=True,
+        )
     train_acc, test_acc = accuracy(model, train, mean, std), accuracy(model, test, mean, std)
     minutes = (time.time() - t0) / 60
     args.out.mkdir(parents=True, exist_ok=True)
     save_tensors(args.out / "weights.safetensors", model.state_dict())
-    config = {"preset": PRESET, "timm_kwargs": TIMM_KWARGS, "classes": list(SOURCE_CLASSES),
-              "input_size": list(backbone.input_size), "mean": list(mean), "std": list(std),
-              "train_accuracy": round(train_acc, 2), "test_accuracy": round(test_acc, 2)}
+    config = {
+        "preset": PRESET,
+        "timm_kwargs": TIMM_KWARGS,
+        "classes": list(SOURCE_CLASSES),
+        "input_size": list(backbone.input_size),
+        "mean": list(mean),
+        "std": list(std),
+        "train_accuracy": round(train_acc, 2),
+        "test_accuracy": round(test_acc, 2),
+    }
     (args.out / "config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
     n_params = sum(p.numel() for p in model.parameters())
-    (args.out / "README.md").write_text(f"""# micro source classifier (bundled)
+    (args.out / "README.md").write_text(
+        f"""# micro source classifier (bundled)
 
 The source model of the micro visual-prompting benchmark (`madapt run vp/micro_otlm`): timm's
 `ResNet` (the `{PRESET}` preset with channels 16-32-64-128, {n_params / 1e6:.2f} M parameters,
@@ -108,7 +119,9 @@ Loaded as backbone `micro-source` (`madapt.data.vp.load_micro_source`).
   (data generation {t_data:.0f} s).
 - Source accuracy: train {train_acc:.1f} %, held-out test ({args.test_per_class} per class) {test_acc:.1f} %.
 - Weights: fp32 safetensors; keys match timm's `ResNet` exactly.
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     print(json.dumps({"minutes": round(minutes, 2), "train_accuracy": train_acc, "test_accuracy": test_acc}))
 
 

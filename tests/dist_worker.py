@@ -16,9 +16,8 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
-
 from accelerate.state import AcceleratorState
+from safetensors.torch import save_file
 
 from madapt.training import build_optimizer, join_processes, seed_everything
 
@@ -54,7 +53,7 @@ def main(out_dir: Path) -> None:
     x, y = full_batch()
     shard = procs.shard(BATCH)
     optimizer.zero_grad(set_to_none=True)
-    loss_fn(model, (x[shard.start:shard.stop], y[shard.start:shard.stop])).backward()
+    loss_fn(model, (x[shard.start : shard.stop], y[shard.start : shard.stop])).backward()
     procs.mean_grads(model.parameters())
     optimizer.step()
     save_file(weights(model), str(out_dir / f"rank{rank}.safetensors"))

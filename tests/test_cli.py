@@ -24,9 +24,20 @@ methods: [zeroshot]
 
 
 def madapt(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "madapt.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "madapt.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
@@ -69,17 +80,28 @@ def test_run_writes_a_complete_run_folder(finished_run: Path):
 BAD_CASES = {
     "missing_file": (["run", "nope.yaml"], ["nope.yaml", "no such config file"]),
     "unknown_preset": (["run", "mtil/zscl_ordr1"], ["preset", "did you mean"]),
-    "unknown_key": (["run", "tiny.yaml", "train.iteratons=3"], ["train.iteratons", "did you mean 'iterations'"]),
+    "unknown_key": (
+        ["run", "tiny.yaml", "train.iteratons=3"],
+        ["train.iteratons", "did you mean 'iterations'"],
+    ),
     "wrong_type": (["run", "tiny.yaml", "train.batch_size=many"], ["train.batch_size", "many"]),
     "out_of_range": (["run", "tiny.yaml", "train.iterations=0"], ["train.iterations", "greater than 0"]),
     "unknown_method": (["run", "tiny.yaml", "methods=[zcsl]"], ["method 'zcsl'", "did you mean 'zscl'"]),
     "unknown_dataset": (["run", "tiny.yaml", "data.order=[colour,colours]"], ["data.order.1", "colours"]),
     "unknown_backbone": (["run", "tiny.yaml", "backbone=ViT-B-61"], ["backbone: 'ViT-B-61'", "did you mean"]),
     "classifier_as_clip": (["run", "tiny.yaml", "backbone=resnet50"], ["backbone: 'resnet50'", "not CLIP"]),
-    "missing_pretrained": (["run", "tiny.yaml", "backbone=ViT-B-16", "pretrained=null"], ["pretrained", "random"]),
-    "missing_data_root": (["run", "tiny.yaml", "data.collection=mtil", "data.order=[dtd]"], ["data_root", "missing"]),
-    "absent_data_root": (["run", "tiny.yaml", "data.collection=mtil", "data.order=[dtd]", "data_root=nowhere"],
-                         ["nowhere"]),
+    "missing_pretrained": (
+        ["run", "tiny.yaml", "backbone=ViT-B-16", "pretrained=null"],
+        ["pretrained", "random"],
+    ),
+    "missing_data_root": (
+        ["run", "tiny.yaml", "data.collection=mtil", "data.order=[dtd]"],
+        ["data_root", "missing"],
+    ),
+    "absent_data_root": (
+        ["run", "tiny.yaml", "data.collection=mtil", "data.order=[dtd]", "data_root=nowhere"],
+        ["nowhere"],
+    ),
     "missing_weights": (["run", "tiny.yaml", "pretrained=absent.safetensors"], ["absent.safetensors"]),
     "not_weights": (["run", "tiny.yaml", "pretrained=tiny.yaml"], ["tiny.yaml"]),
     "corrupt_weights": (["run", "tiny.yaml", "pretrained=corrupt.safetensors"], ["corrupt.safetensors"]),
@@ -118,7 +140,9 @@ def test_occupied_folder_is_never_overwritten(finished_run: Path, tmp_path: Path
 def test_list_shows_registered_names(tmp_path: Path):
     result = madapt("list", "methods", cwd=tmp_path)
     assert result.returncode == 0
-    assert {"zeroshot", "finetune", "lwf", "lwf_vr", "icarl", "wise_ft", "zscl", "individual"} <= set(result.stdout.split())
+    assert {"zeroshot", "finetune", "lwf", "lwf_vr", "icarl", "wise_ft", "zscl", "individual"} <= set(
+        result.stdout.split()
+    )
     presets = madapt("list", "presets", cwd=tmp_path).stdout.split()
     assert "demo/default" in presets
     assert_user_error(madapt("list", "method", cwd=tmp_path), "did you mean 'methods'")

@@ -20,10 +20,15 @@ def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
 
 
 def test_overrides_are_typed_and_nested():
-    data = apply_overrides({"train": {"lr": 1.0}}, ["train.lr=1e-5", "train.lr_per_task.mnist=5e-5",
-                                                    "methods=[zscl, lwf]", "data_root=/d"])
-    assert data == {"train": {"lr": 1e-5, "lr_per_task": {"mnist": 5e-5}}, "methods": ["zscl", "lwf"],
-                    "data_root": "/d"}
+    data = apply_overrides(
+        {"train": {"lr": 1.0}},
+        ["train.lr=1e-5", "train.lr_per_task.mnist=5e-5", "methods=[zscl, lwf]", "data_root=/d"],
+    )
+    assert data == {
+        "train": {"lr": 1e-5, "lr_per_task": {"mnist": 5e-5}},
+        "methods": ["zscl", "lwf"],
+        "data_root": "/d",
+    }
     with pytest.raises(ConfigError, match="key=value"):
         apply_overrides({}, ["train.lr"])
 

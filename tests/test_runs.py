@@ -10,8 +10,16 @@ import pytest
 import torch
 
 from madapt.errors import RunFolderError, WeightsError
-from madapt.runs import (Checkpointer, join_state, load_tensors, open_run, rng_state, save_tensors,
-                         set_rng_state, split_state)
+from madapt.runs import (
+    Checkpointer,
+    join_state,
+    load_tensors,
+    open_run,
+    rng_state,
+    save_tensors,
+    set_rng_state,
+    split_state,
+)
 
 
 def test_optimizer_state_round_trips_through_safetensors_and_json(tmp_path):
@@ -27,7 +35,9 @@ def test_optimizer_state_round_trips_through_safetensors_and_json(tmp_path):
     opt2.load_state_dict(loaded.state["optim"])
     for k, v in opt.state_dict()["state"][0].items():
         assert torch.equal(v, opt2.state_dict()["state"][0][k])
-    files = {p.name for p in (tmp_path / json.loads((tmp_path / "latest.json").read_text())["name"]).iterdir()}
+    files = {
+        p.name for p in (tmp_path / json.loads((tmp_path / "latest.json").read_text())["name"]).iterdir()
+    }
     assert files == {"state.safetensors", "state.json"}
 
 

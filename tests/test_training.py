@@ -34,11 +34,11 @@ def _lrs(warmup: int, total: int, base: float = 1e-5, n: int | None = None) -> l
 
 def test_schedule_matches_zscl_at_named_steps() -> None:
     lrs = _lrs(100, 1000)
-    assert lrs[0] == pytest.approx(1e-7)          # (0 + 1) / 100 * 1e-5
-    assert lrs[49] == pytest.approx(5e-6)         # half-way through warmup
-    assert lrs[99] == pytest.approx(1e-5)         # warmup reaches the base lr
-    assert lrs[100] == pytest.approx(1e-5)        # cosine starts at e = 0
-    assert lrs[550] == pytest.approx(5e-6)        # e = es / 2
+    assert lrs[0] == pytest.approx(1e-7)  # (0 + 1) / 100 * 1e-5
+    assert lrs[49] == pytest.approx(5e-6)  # half-way through warmup
+    assert lrs[99] == pytest.approx(1e-5)  # warmup reaches the base lr
+    assert lrs[100] == pytest.approx(1e-5)  # cosine starts at e = 0
+    assert lrs[550] == pytest.approx(5e-6)  # e = es / 2
     assert lrs[999] == pytest.approx(0.5 * (1 + math.cos(math.pi * 899 / 900)) * 1e-5)
     for step in range(1000):
         assert lrs[step] == pytest.approx(_zscl_cosine_lr(1e-5, 100, 1000, step), rel=1e-12, abs=1e-20)
@@ -62,8 +62,9 @@ def test_schedule_scales_every_param_group_by_its_own_base_lr() -> None:
 
 
 def test_schedule_without_warmup_and_bad_arguments() -> None:
-    assert _lrs(0, 4, base=1.0) == pytest.approx([1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5,
-                                                  0.5 * (1 + math.cos(3 * math.pi / 4))])
+    assert _lrs(0, 4, base=1.0) == pytest.approx(
+        [1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))]
+    )
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     for warmup, total in [(5, 4), (-1, 4), (0, 0)]:
         with pytest.raises(ValueError):
@@ -86,7 +87,10 @@ def test_build_optimizer_sgd_and_param_groups() -> None:
     frozen = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
     opt = build_optimizer(
         [{"params": [a], "lr": 0.5, "weight_decay": 0.0}, {"params": [b, frozen]}, {"params": [frozen]}],
-        "sgd", lr=0.1, weight_decay=1e-4, momentum=0.8,
+        "sgd",
+        lr=0.1,
+        weight_decay=1e-4,
+        momentum=0.8,
     )
     assert isinstance(opt, torch.optim.SGD)
     assert len(opt.param_groups) == 2  # the all-frozen group is gone
@@ -120,5 +124,3 @@ def test_seed_everything_reproduces_python_numpy_torch() -> None:
 def test_make_accelerator_rejects_fp16() -> None:
     with pytest.raises(ConfigError, match="mixed_precision"):
         make_accelerator("fp16", cpu=True)
-
-

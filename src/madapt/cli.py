@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 
 from madapt.errors import ConfigError, UserError, closest
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Adapt pretrained foundation models cheaply (continual CLIP, prompts, label maps, tokenizers).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Adapt pretrained foundation models cheaply (continual CLIP, prompts, label maps, tokenizers).",
+)
 data_app = typer.Typer(no_args_is_help=True, help="Check (or download) real datasets on disk.")
 app.add_typer(data_app, name="data")
 
@@ -37,8 +40,8 @@ def _default_out(config: str) -> Path:
 @app.command()
 def run(
     config: str = typer.Argument(..., help="A YAML file or a preset name (see `madapt list presets`)."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. train.lr=1e-5."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default: runs/<config name>)."),
+    overrides: list[str] | None = typer.Argument(None, help="Dotted overrides, e.g. train.lr=1e-5."),
+    out: Path | None = typer.Option(None, "--out", help="Run folder (default: runs/<config name>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in --out."),
 ) -> None:
     """Run one experiment and write its run folder (config, log, checkpoints, results, report)."""
@@ -59,7 +62,9 @@ def demo(
 
 
 @app.command("list")
-def list_(what: str = typer.Argument(..., help="methods | datasets | backbones | presets | mappers | recipes")) -> None:
+def list_(
+    what: str = typer.Argument(..., help="methods | datasets | backbones | presets | mappers | recipes"),
+) -> None:
     """List registered names."""
     from madapt import catalog
     from madapt.config import preset_names
@@ -73,7 +78,9 @@ def list_(what: str = typer.Argument(..., help="methods | datasets | backbones |
         items = names(LISTABLE[what])
     else:
         options = [*LISTABLE, "presets"]
-        raise UnknownNameError(f"list '{what}'", "is not listable" + closest(what, options), "one of: " + ", ".join(options))
+        raise UnknownNameError(
+            f"list '{what}'", "is not listable" + closest(what, options), "one of: " + ", ".join(options)
+        )
     for item in items:
         typer.echo(item)
 
@@ -96,8 +103,11 @@ def data_check(
 
     collections = ("mtil", "cil", "vp", "coop")
     if collection not in collections:
-        raise ConfigError(f"data collection '{collection}'", "is unknown",
-                          "mtil, cil, vp or coop" + closest(collection, collections))
+        raise ConfigError(
+            f"data collection '{collection}'",
+            "is unknown",
+            "mtil, cil, vp or coop" + closest(collection, collections),
+        )
     if collection == "coop":
         from madapt.data.coop import check_coop
 

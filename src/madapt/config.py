@@ -103,8 +103,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
         mark = getattr(err, "problem_mark", None)
         line = f"line {mark.line + 1}" if mark is not None else "unknown line"
         problem = getattr(err, "problem", None) or "malformed YAML"
-        raise ConfigError(f"{path}:{line.split()[-1]}", f"malformed YAML at {line} ({problem})",
-                          "valid YAML") from None
+        raise ConfigError(
+            f"{path}:{line.split()[-1]}", f"malformed YAML at {line} ({problem})", "valid YAML"
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -168,7 +169,9 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"override '{item}'", f"'{part}' is a value, not a section", "a section key")
+                raise ConfigError(
+                    f"override '{item}'", f"'{part}' is a value, not a section", "a section key"
+                )
             node = child
         node[parts[-1]] = value
     return out
@@ -205,8 +208,11 @@ def _one_line(err: ValidationError, model: type[BaseModel], source: str) -> Conf
     if first["type"] == "extra_forbidden":
         owner = _model_at(model, loc[:-1])
         valid = sorted(owner.model_fields) if owner else []
-        return ConfigError(where, "unknown key" + closest(str(loc[-1]), valid),
-                           "one of: " + ", ".join(valid) if valid else "no extra keys")
+        return ConfigError(
+            where,
+            "unknown key" + closest(str(loc[-1]), valid),
+            "one of: " + ", ".join(valid) if valid else "no extra keys",
+        )
     if first["type"] == "missing":
         return ConfigError(where, "is missing", "a value for this required key")
     found = first.get("input")
@@ -232,7 +238,9 @@ def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> Strict:
     """Resolve, read, merge bases, apply overrides and validate one experiment config."""
     data, path = load_raw(name_or_path)
     data = apply_overrides(data, overrides)
-    return validate(data, str(path) if not str(path).startswith(str(presets_dir())) else f"preset {name_or_path}")
+    return validate(
+        data, str(path) if not str(path).startswith(str(presets_dir())) else f"preset {name_or_path}"
+    )
 
 
 def to_yaml(cfg: BaseModel) -> str:

@@ -26,8 +26,11 @@ def run_experiment(config: str, overrides: list[str], out: Path, resume: bool, c
     recipe: Recipe = get("recipe", cfg.kind)
     procs = join_processes()  # rank 0 of 1 unless started by `accelerate launch`
     if procs.world > 1 and not recipe.multiprocess:
-        raise ConfigError("kind", f"'{cfg.kind}' runs in one process, not {procs.world}",
-                          "a plain `madapt run` (kinds continual and adat share work under accelerate launch)")
+        raise ConfigError(
+            "kind",
+            f"'{cfg.kind}' runs in one process, not {procs.world}",
+            "a plain `madapt run` (kinds continual and adat share work under accelerate launch)",
+        )
     run = open_run(Path(out), text, resume)
     procs.barrier()  # every process has checked the folder before the main one writes into it
     if not procs.is_main:
@@ -40,8 +43,10 @@ def run_experiment(config: str, overrides: list[str], out: Path, resume: bool, c
     prepared = recipe.prepare(cfg)
     if procs.is_main:
         run.start(text)
-        run.log(f"{'resumed' if resume else 'started'}: madapt run {config} {' '.join(overrides)}".rstrip()
-                + (f" ({procs.world} processes)" if procs.world > 1 else ""))
+        run.log(
+            f"{'resumed' if resume else 'started'}: madapt run {config} {' '.join(overrides)}".rstrip()
+            + (f" ({procs.world} processes)" if procs.world > 1 else "")
+        )
     results = recipe.run(cfg, prepared, run, console)
     if procs.is_main:
         run.write_results(results)

@@ -145,14 +145,19 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 # Safetensors files
 
 
-def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
+def save_tensors(
+    path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> None:
     """Write a safetensors file atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
-                  metadata=dict(metadata) if metadata else None)
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+            tmp,
+            metadata=dict(metadata) if metadata else None,
+        )
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -166,8 +171,9 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
-        raise WeightsError(str(path), f"cannot be read ({str(err).splitlines()[0][:80]})",
-                           "a valid .safetensors file") from None
+        raise WeightsError(
+            str(path), f"cannot be read ({str(err).splitlines()[0][:80]})", "a valid .safetensors file"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,16 +314,21 @@ def open_run(path: Path, config_yaml: str, resume: bool) -> RunFolder:
         new = yaml.safe_load(config_yaml)
         state = "a finished run" if run.finished else "an unfinished run"
         if not resume:
-            raise RunFolderError(str(path), f"already holds {state}",
-                                 "--resume to continue it, or a new --out folder")
+            raise RunFolderError(
+                str(path), f"already holds {state}", "--resume to continue it, or a new --out folder"
+            )
         diff = _first_difference(old, new)
         if diff is not None:
-            raise RunFolderError(f"{path}/config.yaml: {diff}", "differs from this run's config",
-                                 "the same config to resume (or a new --out folder)")
+            raise RunFolderError(
+                f"{path}/config.yaml: {diff}",
+                "differs from this run's config",
+                "the same config to resume (or a new --out folder)",
+            )
         return run
     if path.is_dir() and any(path.iterdir()):
-        raise RunFolderError(str(path), "is a non-empty folder that holds no madapt run",
-                             "an empty or new folder (--out)")
+        raise RunFolderError(
+            str(path), "is a non-empty folder that holds no madapt run", "an empty or new folder (--out)"
+        )
     if resume:
         raise RunFolderError(str(path), "--resume given but no run is there", "the folder of an earlier run")
     return run

@@ -30,7 +30,12 @@ from madapt.errors import ConfigError, UnknownNameError, closest
 from madapt.runs import seed_everything
 
 __all__ = [
-    "OPTIMIZERS", "Processes", "build_optimizer", "join_processes", "make_accelerator", "seed_everything",
+    "OPTIMIZERS",
+    "Processes",
+    "build_optimizer",
+    "join_processes",
+    "make_accelerator",
+    "seed_everything",
     "warmup_cosine",
 ]
 
@@ -67,7 +72,9 @@ def build_optimizer(
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused or None)
+        return torch.optim.SGD(
+            groups, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused or None
+        )
     raise UnknownNameError(
         f"optimizer '{name}'",
         "is not a known optimizer" + closest(name, OPTIMIZERS),
@@ -153,7 +160,7 @@ class Processes:
         flat /= self.world
         offset = 0
         for g in grads:
-            g.copy_(flat[offset: offset + g.numel()].view_as(g))
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
     def sum(self, values: list[float]) -> list[float]:

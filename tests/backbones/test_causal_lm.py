@@ -6,13 +6,13 @@ import math
 
 import pytest
 import torch
-from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from transformers import GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
 from madapt import registry
 from madapt.backbones.causal_lm import PRESETS, build_causal_lm, preset_config, rotary_fraction, vocab_size_of
 from madapt.errors import ConfigError, UnknownNameError
+from tokenizers import Tokenizer
 
 # total parameters at vocabulary 50,304 as printed in the Pythia paper (Biderman et al. 2023, Table 1)
 PYTHIA_TOTAL = {"pythia-70m": 70_426_624, "pythia-160m": 162_322_944, "pythia-410m": 405_334_016}

@@ -148,8 +148,15 @@ def test_backbone_constructed_directly_uses_its_tokenizer(tiny):
     def tokenizer(texts):
         return torch.full((len(texts), 77), 7, dtype=torch.long)
 
-    micro = ClipBackbone(model=tiny.model, tokenizer=tokenizer, preprocess_train=tiny.preprocess_train,
-                         preprocess_val=tiny.preprocess_val, image_size=32, mean=CLIP_MEAN, std=CLIP_STD)
+    micro = ClipBackbone(
+        model=tiny.model,
+        tokenizer=tokenizer,
+        preprocess_train=tiny.preprocess_train,
+        preprocess_val=tiny.preprocess_val,
+        image_size=32,
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+    )
     assert micro.tokenize(["x", "y"]).eq(7).all()
 
 

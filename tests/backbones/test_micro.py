@@ -16,7 +16,12 @@ from safetensors.torch import load_file, save_file
 from madapt import registry
 from madapt.backbones.clip import ClipBackbone, clip_logits, zero_shot_head
 from madapt.backbones.micro import (
-    PAD_ID, UNK_ID, MicroTokenizer, bundled_dir, images_to_tensor, load_micro_clip,
+    PAD_ID,
+    UNK_ID,
+    MicroTokenizer,
+    bundled_dir,
+    images_to_tensor,
+    load_micro_clip,
 )
 from madapt.data.synthetic import DOMAINS, make_split, vocabulary_words
 from madapt.errors import WeightsError

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cl_helpers import SMALL, build  # noqa: F401  (re-exported for the tests)
 
 from madapt.backbones.clip import load_clip
 from madapt.continual.context import Context, TrainSettings
 from madapt.continual.datasets import Reference
 from madapt.continual.tasks import ArrayDataset, Task
-from cl_helpers import SMALL, build  # noqa: F401  (re-exported for the tests)
 
 CLASSES = [["red", "green", "blue"], ["cat", "dog"], ["one", "two", "three", "four"]]
 CAPTIONS = ["a red square", "two green dots", "a blue cat", "a dog on grass", "the number four", "a line"]
@@ -31,14 +31,23 @@ def make_tasks(backbone, n_train: int = 24, n_test: int = 12) -> list[Task]:
     rng = np.random.default_rng(0)
     tasks, offset = [], 0
     for t, names in enumerate(CLASSES):
-        def split(n):
+
+        def split(n, names=names):
             labels = np.arange(n) % len(names)
             # class-dependent brightness so that training can actually learn something
             images = rng.integers(0, 60, size=(n, 32, 32, 3)) + (labels[:, None, None, None] * 60)
             return ArrayDataset(images.astype(np.uint8), labels, backbone.mean, backbone.std)
 
-        tasks.append(Task(f"task{t}", names, ["a photo of a {}.", "an image of {}."], split(n_train), split(n_test),
-                          class_offset=offset))
+        tasks.append(
+            Task(
+                f"task{t}",
+                names,
+                ["a photo of a {}.", "an image of {}."],
+                split(n_train),
+                split(n_test),
+                class_offset=offset,
+            )
+        )
         offset += len(names)
     return tasks
 
@@ -55,14 +64,25 @@ def make_reference(backbone, n_images: int = 10) -> Reference:
 def ctx_factory(tiny_clip):
     def make(iterations: int = 4, **kw) -> Context:
         backbone = copy.deepcopy(tiny_clip)
-        settings = TrainSettings(iterations=[iterations] * 3, batch_size=kw.pop("batch_size", 6),
-                                 lrs=[1e-3, 1e-3, 1e-3], warmup_steps=1,
-                                 checkpoint_every=kw.pop("checkpoint_every", 2), eval_batch_size=8, seed=3, **kw)
-        ctx = Context(backbone=backbone, tasks=make_tasks(backbone), settings=settings, device=torch.device("cpu"),
-                      reference=make_reference(backbone), artifacts=Path(tempfile.mkdtemp(prefix="madapt-artifacts-")))
+        settings = TrainSettings(
+            iterations=[iterations] * 3,
+            batch_size=kw.pop("batch_size", 6),
+            lrs=[1e-3, 1e-3, 1e-3],
+            warmup_steps=1,
+            checkpoint_every=kw.pop("checkpoint_every", 2),
+            eval_batch_size=8,
+            seed=3,
+            **kw,
+        )
+        ctx = Context(
+            backbone=backbone,
+            tasks=make_tasks(backbone),
+            settings=settings,
+            device=torch.device("cpu"),
+            reference=make_reference(backbone),
+            artifacts=Path(tempfile.mkdtemp(prefix="madapt-artifacts-")),
+        )
         ctx.pretrained = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
         return ctx
 
     return make
-
-

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import numpy as np
 import pytest
 import torch
+from cl_helpers import build
 
 from madapt.config import Strict
 from madapt.continual.engine import run_sequence
@@ -15,8 +16,6 @@ from madapt.continual.methods.finetune import Finetune, ce_loss
 from madapt.continual.stream import batch_indices
 from madapt.registry import get
 from madapt.runs import Checkpointer
-
-from cl_helpers import build
 
 
 def test_batch_indices_cover_each_epoch_once_and_are_pure():
@@ -36,8 +35,9 @@ def test_zero_shot_matrix_has_identical_rows(ctx_factory, tmp_path):
 def test_zero_shot_entries_come_from_the_runs_zero_shot_accuracies(ctx_factory, tmp_path):
     """Datasets predicted by the untouched model reuse the recipe's zero-shot row (no re-evaluation)."""
     given = [11.0, 22.0, 33.0]
-    acc = run_sequence(build("individual"), ctx_factory(iterations=1), Checkpointer(tmp_path),
-                       zero_shot=given.__getitem__)
+    acc = run_sequence(
+        build("individual"), ctx_factory(iterations=1), Checkpointer(tmp_path), zero_shot=given.__getitem__
+    )
     assert acc[0][1:] == [22.0, 33.0] and acc[1][2] == 33.0
     assert acc[2][2] != 33.0
 
@@ -85,7 +85,9 @@ METHODS = ["finetune", "individual", "lwf", "lwf_vr", "icarl", "wise_ft", "zscl"
 
 @pytest.mark.parametrize("name", METHODS)
 @pytest.mark.parametrize("crash_at", [(0, 3), (1, 5), (2, 4)])
-def test_resume_after_a_crash_reaches_the_same_weights_and_method_state(ctx_factory, tmp_path, name, crash_at):
+def test_resume_after_a_crash_reaches_the_same_weights_and_method_state(
+    ctx_factory, tmp_path, name, crash_at
+):
     """Crash mid-task (after the checkpoint at step 2 or 4) or right after a task's last step."""
     acc, weights, state = final_state(build(name), ctx_factory(iterations=5), Checkpointer(tmp_path / "a"))
     acc2, weights2, state2 = crash_then_resume(name, ctx_factory, tmp_path / "b", crash_at)
@@ -131,7 +133,9 @@ class Grow(ContinualMethod):
     def grow_to(self, ctx, n: int) -> None:
         while self.built < n:
             torch.manual_seed(100 + self.built)
-            ctx.model.adapters.append(torch.nn.Linear(ctx.model.visual.output_dim, ctx.model.visual.output_dim))
+            ctx.model.adapters.append(
+                torch.nn.Linear(ctx.model.visual.output_dim, ctx.model.visual.output_dim)
+            )
             self.built += 1
 
     def trainable_parameters(self, model):
@@ -153,7 +157,9 @@ class Grow(ContinualMethod):
         for adapter in ctx.model.adapters:
             feats = feats + adapter(feats)
         text = ctx.text_head(ctx.model, ctx.task, ensemble=False)
-        return torch.nn.functional.cross_entropy(100 * torch.nn.functional.normalize(feats, dim=-1) @ text.T, labels)
+        return torch.nn.functional.cross_entropy(
+            100 * torch.nn.functional.normalize(feats, dim=-1) @ text.T, labels
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"built": self.built, "seen": self.seen}
@@ -163,7 +169,9 @@ class Grow(ContinualMethod):
         self.seen = [float(s) for s in state["seen"]]
 
 
-def test_modules_added_per_task_come_back_on_resume_and_before_task_sees_the_task_start(ctx_factory, tmp_path):
+def test_modules_added_per_task_come_back_on_resume_and_before_task_sees_the_task_start(
+    ctx_factory, tmp_path
+):
     def make(ctx):
         method = Grow(GrowConfig())
         method.ctx_for_load = ctx
@@ -279,11 +287,14 @@ class Recorder(Finetune):
         return out
 
 
-@pytest.mark.parametrize("mode, expected", [
-    ("off", {(0, True, 3), (1, True, 2), (2, True, 4)}),
-    ("union", {(None, False, 9)}),
-    ("per_dataset", {(0, False, 3), (1, False, 2), (2, False, 4)}),
-])
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("off", {(0, True, 3), (1, True, 2), (2, True, 4)}),
+        ("union", {(None, False, 9)}),
+        ("per_dataset", {(0, False, 3), (1, False, 2), (2, False, 4)}),
+    ],
+)
 def test_task_agnostic_modes_decide_label_space_and_task_identity(ctx_factory, tmp_path, mode, expected):
     method = Recorder(Finetune.Config())
     run_sequence(method, ctx_factory(task_agnostic=mode), Checkpointer(tmp_path))

@@ -44,8 +44,14 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 def start(cwd: Path, out: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     resume = ["--resume"] if (cwd / out / "config.yaml").is_file() else []
-    return subprocess.Popen([sys.executable, "-m", "madapt.cli", "run", "cfg.yaml", "--out", out, *resume],
-                            cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "madapt.cli", "run", "cfg.yaml", "--out", out, *resume],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def checkpoint_view(run: Path) -> tuple[tuple, bool]:

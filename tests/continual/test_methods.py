@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from cl_helpers import build
+
 from conftest import CAPTIONS
 from madapt.continual.engine import run_sequence
 from madapt.continual.methods import icarl as icarl_module
@@ -113,8 +113,12 @@ def test_lwf_distils_current_task_texts_of_the_teacher_on_its_own_image_stream(c
         for p in ctx.model.visual.parameters():
             p.add_(0.05 * torch.randn_like(p))
     extra = method.loss(batch, ctx) - ce_loss(batch, ctx)
-    torch.testing.assert_close(extra, distill_both_ways(method.teacher, ctx.model, distill_images,
-                                                        method.text_feats), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        extra,
+        distill_both_ways(method.teacher, ctx.model, distill_images, method.text_feats),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     monkeypatch.setattr(lwf_module, "ce_loss", lambda batch, ctx: torch.zeros(()))
     only = grads_of(method.loss(batch, ctx), ctx.model)
     assert all(only[n] is None for n in only if is_text(n))  # the student's text tower is not in the term
@@ -293,7 +297,9 @@ def test_icarl_memory_follows_zscls_dynamic_dataset(ctx_factory, monkeypatch):
     method.after_task(ctx)
     assert method.memory[0] == (0, list(range(5)))  # cut to K // 2
     with torch.no_grad():
-        feats = F.normalize(ctx.model.encode_image(ctx.tasks[1].distill_images.batch(range(24))[0]).float(), dim=-1)
+        feats = F.normalize(
+            ctx.model.encode_image(ctx.tasks[1].distill_images.batch(range(24))[0]).float(), dim=-1
+        )
     torch.testing.assert_close(seen_features[-1], feats)  # herding on the model just trained
     assert method.memory[1] == (1, real(feats, 5))
     ctx.task = 2
@@ -312,8 +318,11 @@ def test_icarl_replays_the_memory_in_order_against_the_pretrained_teacher(ctx_fa
     method.after_task(ctx)
     ctx.task = 1
     method.before_task(ctx)
-    assert all(torch.equal(weights(method.teacher)[n], ctx.pretrained[n]) for n in ctx.pretrained
-               if n in weights(method.teacher))
+    assert all(
+        torch.equal(weights(method.teacher)[n], ctx.pretrained[n])
+        for n in ctx.pretrained
+        if n in weights(method.teacher)
+    )
     memory = ctx.tasks[0].distill_images.batch(range(10))[0]
     chunks = [method.replay.images(s) for s in range(4)]
     assert [len(c) for c in chunks] == [4, 4, 2, 4]  # consecutive chunks, the last one partial, cycling
@@ -322,8 +331,12 @@ def test_icarl_replays_the_memory_in_order_against_the_pretrained_teacher(ctx_fa
     ctx.step = 1
     batch = first_batch(ctx)
     extra = method.loss(batch, ctx) - ce_loss(batch, ctx)
-    torch.testing.assert_close(extra, distill_both_ways(method.teacher, ctx.model, chunks[1], method.text_feats),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        extra,
+        distill_both_ways(method.teacher, ctx.model, chunks[1], method.text_feats),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 # --- Individual fine-tuning
@@ -405,7 +418,8 @@ def test_method_state_round_trips_through_a_checkpoint(ctx_factory, tmp_path, na
     assert same_state(join_state(json.loads(json.dumps(skeleton)), tensors)["method"], state)
     Checkpointer(tmp_path).save({"task": 1, "step": 2, "phase": "train"}, {"method": state})
     restored = Checkpointer(tmp_path).load().state["method"]
-    # a fresh object, rebuilt the way the engine resumes (before_task on the task-start model), behaves identically
+    # a fresh object, rebuilt the way the engine resumes (before_task on the task-start model),
+    # behaves identically
     twin = build(name)
     twin.setup(ctx)
     twin.load_state_dict(restored)

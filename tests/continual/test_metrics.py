@@ -10,8 +10,19 @@ import pytest
 from madapt.continual.metrics import cil_metrics, mtil_metrics
 
 # Seed 000 (thesis) Table 3.5: AwoF, MTIL order I. Rows = after training task i, cols = datasets.
-ORDER_I = ["Aircraft", "Caltech101", "CIFAR100", "DTD", "EuroSAT", "Flowers", "Food", "MNIST",
-           "OxfordPet", "Cars", "SUN397"]
+ORDER_I = [
+    "Aircraft",
+    "Caltech101",
+    "CIFAR100",
+    "DTD",
+    "EuroSAT",
+    "Flowers",
+    "Food",
+    "MNIST",
+    "OxfordPet",
+    "Cars",
+    "SUN397",
+]
 TABLE_3_5 = [
     [59.3, 88.8, 67.7, 46.0, 54.6, 70.6, 88.5, 56.4, 88.6, 62.8, 65.8],
     [50.0, 94.8, 69.1, 45.8, 59.0, 68.9, 87.7, 58.7, 86.2, 62.3, 66.0],
@@ -34,8 +45,19 @@ PRINTED_3_5 = {
 MEANS_3_2 = {"transfer": 69.8, "avg": 76.9, "last": 85.1}
 
 # Table 3.6: AwoF, MTIL order II; means in Table 3.3 ("Ours").
-ORDER_II = ["Cars", "Food", "MNIST", "OxfordPet", "Flowers", "SUN397", "Aircraft", "Caltech101",
-            "DTD", "EuroSAT", "CIFAR100"]
+ORDER_II = [
+    "Cars",
+    "Food",
+    "MNIST",
+    "OxfordPet",
+    "Flowers",
+    "SUN397",
+    "Aircraft",
+    "Caltech101",
+    "DTD",
+    "EuroSAT",
+    "CIFAR100",
+]
 TABLE_3_6 = [
     [88.7, 88.6, 59.3, 87.7, 71.2, 65.6, 22.6, 89.0, 45.7, 54.4, 68.6],
     [88.4, 92.9, 64.1, 87.6, 70.6, 67.2, 22.0, 89.3, 45.0, 55.5, 68.8],
@@ -72,9 +94,7 @@ ZERO_SHOT_ORDER_I = [24.3, 88.4, 68.2, 44.6, 54.9, 71.0, 88.5, 59.4, 89.0, 64.7,
 
 
 def test_hand_worked_3x3() -> None:
-    acc = [[50.0, 30.0, 20.0],
-           [40.0, 80.0, 25.0],
-           [35.0, 70.0, 90.0]]
+    acc = [[50.0, 30.0, 20.0], [40.0, 80.0, 25.0], [35.0, 70.0, 90.0]]
     m = mtil_metrics(acc)
     # Transfer: dataset 2 -> 30; dataset 3 -> (20 + 25) / 2 = 22.5; mean 26.25.
     assert m["per_dataset"]["transfer"] == [None, 30.0, 22.5]
@@ -163,8 +183,13 @@ def test_zero_shot_anchor_order_ii() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], [[1.0, float("nan")], [3.0, 4.0]], [[1.0, float("inf")], [3.0, 4.0]],
-     [[50.0]], [1.0, 2.0]],
+    [
+        [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]],
+        [[1.0, float("nan")], [3.0, 4.0]],
+        [[1.0, float("inf")], [3.0, 4.0]],
+        [[50.0]],
+        [1.0, 2.0],
+    ],
 )
 def test_mtil_rejects_bad_matrices(bad: list) -> None:
     with pytest.raises(ValueError):

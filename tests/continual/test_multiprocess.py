@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_kill_resume import CONFIG  # the tiny MTIL-micro run the single-process kill test uses
 
 from madapt.backbones.clip import load_clip
 from madapt.continual.context import TrainSettings
@@ -23,7 +24,6 @@ from madapt.continual.stream import eval_batches, train_batches
 from madapt.continual.tasks import ArrayDataset
 from madapt.runs import Checkpointer, seed_everything
 from madapt.training import Processes
-from test_kill_resume import CONFIG  # the tiny MTIL-micro run the single-process kill test uses
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -48,7 +48,9 @@ def test_train_shards_reassemble_the_single_process_batch(num_workers: int) -> N
     if num_workers:  # the DataLoader path: items drawn one by one with their own augmentation seed
         data = torch.utils.data.TensorDataset(torch.arange(20).float(), torch.arange(20) % 3)
     whole = list(train_batches(data, settings, task=1, start=2))
-    parts = [list(train_batches(data, settings, task=1, start=2, processes=Processes(r, 2))) for r in range(2)]
+    parts = [
+        list(train_batches(data, settings, task=1, start=2, processes=Processes(r, 2))) for r in range(2)
+    ]
     assert len(whole) == len(parts[0]) == len(parts[1]) == 3
     for full, a, b in zip(whole, *parts):
         assert len(a[0]) == len(b[0]) == 3
@@ -64,8 +66,6 @@ def test_eval_shards_cover_the_test_set_once() -> None:
     assert len(whole) == 23
 
 
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -77,9 +77,23 @@ def _command(processes: int, out: str, resume: bool = False) -> list[str]:
     if processes == 1:
         return [sys.executable, *run]
     # --multi_gpu is accelerate's torchrun path; on CPU madapt joins it with gloo (see training.py)
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(_free_port()), *run]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        *run,
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -97,7 +111,12 @@ def _run_processes(cwd: Path, out: str) -> list[int]:
             here = Path(os.readlink(entry / "cwd")) == cwd
         except OSError:
             continue
-        if here and b"madapt.cli" in argv and out.encode() in argv and b"accelerate.commands.launch" not in argv:
+        if (
+            here
+            and b"madapt.cli" in argv
+            and out.encode() in argv
+            and b"accelerate.commands.launch" not in argv
+        ):
             pids.append(int(entry.name))
     return pids
 
@@ -110,8 +129,9 @@ def _final_weights(run: Path, method: str) -> dict[str, torch.Tensor]:
 def test_two_processes_follow_the_single_process_run(tmp_path: Path) -> None:
     (tmp_path / "cfg.yaml").write_text(CONFIG)
     for n, out in ((1, "one"), (2, "two")):
-        proc = subprocess.run(_command(n, out), cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                              timeout=600)
+        proc = subprocess.run(
+            _command(n, out), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
     one = json.loads((tmp_path / "one/results.json").read_text())["methods"]
     two = json.loads((tmp_path / "two/results.json").read_text())["methods"]
@@ -136,12 +156,19 @@ def test_two_processes_follow_the_single_process_run(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_two_processes_killed_and_resumed_match_an_uninterrupted_run(tmp_path: Path) -> None:
     (tmp_path / "cfg.yaml").write_text(CONFIG)
-    whole = subprocess.run(_command(2, "whole"), cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                           timeout=600)
+    whole = subprocess.run(
+        _command(2, "whole"), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert whole.returncode == 0, whole.stderr[-3000:]
     # kill the whole process group once the second checkpoint of the first method exists
-    proc = subprocess.Popen(_command(2, "killed"), cwd=tmp_path, env=_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _command(2, "killed"),
+        cwd=tmp_path,
+        env=_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     pointer = tmp_path / "killed/finetune/checkpoints/latest.json"
     deadline = time.monotonic() + 600
     while proc.poll() is None and time.monotonic() < deadline:
@@ -163,8 +190,14 @@ def test_two_processes_killed_and_resumed_match_an_uninterrupted_run(tmp_path: P
     time.sleep(0.5)
     assert not _run_processes(tmp_path, "killed")
     assert not (tmp_path / "killed/results.json").exists()
-    resumed = subprocess.run(_command(2, "killed", resume=True), cwd=tmp_path, env=_env(), capture_output=True,
-                             text=True, timeout=600)
+    resumed = subprocess.run(
+        _command(2, "killed", resume=True),
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = json.loads((tmp_path / "whole/results.json").read_text())["methods"]
     b = json.loads((tmp_path / "killed/results.json").read_text())["methods"]

@@ -45,18 +45,35 @@ def test_vit_b16_trains_one_step_and_evaluates_on_real_format_data(tmp_path):
     (tmp_path / "captions.txt").write_text("a dog on a sofa\na red car\nthree apples\n")
 
     base, _ = load_raw("mtil/zscl_order1")
-    cfg = validate(deep_merge(base, {
-        "backbone": "ViT-B-16", "pretrained": "random", "seed": 0, "data_root": str(root),
-        "data": {"order": ["eurosat", "mnist"], "reference_images": str(tmp_path / "ref"),
-                 "reference_captions": str(tmp_path / "captions.txt")},
-        "train": {"iterations": 1, "batch_size": 2, "warmup_steps": 0, "num_workers": 0,
-                  "checkpoint_every": 1},
-        "eval": {"batch_size": 64},
-        # ZSCL covers the whole path (CE + reference data + teacher). One method only: each ViT-B copy
-        # (model, theta_0, AdamW moments, teacher) costs 0.6 GB. With one step the weight ensemble
-        # would average only step 0, i.e. undo the step, so it is off here.
-        "methods": [{"name": "zscl", "reference_batch_size": 2, "weight_ensemble": False}],
-    }), "test")
+    cfg = validate(
+        deep_merge(
+            base,
+            {
+                "backbone": "ViT-B-16",
+                "pretrained": "random",
+                "seed": 0,
+                "data_root": str(root),
+                "data": {
+                    "order": ["eurosat", "mnist"],
+                    "reference_images": str(tmp_path / "ref"),
+                    "reference_captions": str(tmp_path / "captions.txt"),
+                },
+                "train": {
+                    "iterations": 1,
+                    "batch_size": 2,
+                    "warmup_steps": 0,
+                    "num_workers": 0,
+                    "checkpoint_every": 1,
+                },
+                "eval": {"batch_size": 64},
+                # ZSCL covers the whole path (CE + reference data + teacher). One method only: each ViT-B copy
+                # (model, theta_0, AdamW moments, teacher) costs 0.6 GB. With one step the weight ensemble
+                # would average only step 0, i.e. undo the step, so it is off here.
+                "methods": [{"name": "zscl", "reference_batch_size": 2, "weight_ensemble": False}],
+            },
+        ),
+        "test",
+    )
 
     prepared = recipe.prepare(cfg)
     tasks: list[Task] = prepared.tasks

@@ -103,7 +103,10 @@ PET_BREEDS = (
 
 
 def write_pets_raw(root: Path, trainval: int = 5, test: int = 1) -> None:
-    """``oxford_pets/{images, annotations/{trainval,test}.txt}`` ('<Breed>_<n> <class id> <species> <breed id>')."""
+    """``oxford_pets/{images, annotations/{trainval,test}.txt}``.
+
+    Lines: '<Breed>_<n> <class id> <species> <breed id>'.
+    """
     folder = root / "oxford_pets"
     for split, n_per, start in (("trainval", trainval, 1), ("test", test, 100)):
         lines = []

@@ -21,8 +21,18 @@ from madapt.data.templates import CLASSNAMES
 
 _JPEG_CACHE: dict[int, bytes] = {}
 
-EUROSAT_FOLDERS = ("AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial",
-                   "Pasture", "PermanentCrop", "Residential", "River", "SeaLake")
+EUROSAT_FOLDERS = (
+    "AnnualCrop",
+    "Forest",
+    "HerbaceousVegetation",
+    "Highway",
+    "Industrial",
+    "Pasture",
+    "PermanentCrop",
+    "Residential",
+    "River",
+    "SeaLake",
+)
 
 
 def color_of(label: int) -> tuple[int, int, int]:
@@ -66,8 +76,9 @@ def write_aircraft(root: Path, n_classes: int = 100, train: int = 30, test: int 
 def write_caltech101(root: Path, n_classes: int = 101) -> dict:
     """Class ``i`` gets ``1 + i % 3`` images; 102 folders including BACKGROUND_Google."""
     cats = root / "caltech101" / "101_ObjectCategories"
-    folders = sorted(["Faces", "Faces_easy", "Leopards", "Motorbikes"]
-                     + [f"cat_{i:03d}" for i in range(n_classes - 4)])
+    folders = sorted(
+        ["Faces", "Faces_easy", "Leopards", "Motorbikes"] + [f"cat_{i:03d}" for i in range(n_classes - 4)]
+    )
     _image(cats / "BACKGROUND_Google" / "image_0001.jpg", 0)
     labels = []
     for label, folder in enumerate(folders):
@@ -91,13 +102,11 @@ def write_cifar100(root: Path, train: int = 40, test: int = 30, n_classes: int =
         batch = {"data": data.reshape(n, 3072), "fine_labels": ys, "coarse_labels": [0] * n}
         (folder / split).write_bytes(pickle.dumps(batch))
         labels[split] = ys
-    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": names,
-                                                "coarse_label_names": ["x"] * 20}))
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": names, "coarse_label_names": ["x"] * 20}))
     return {"labels": labels}
 
 
-def write_dtd(root: Path, classes: list[str] | None = None, train_per: int = 1,
-              test_per: int = 2) -> dict:
+def write_dtd(root: Path, classes: list[str] | None = None, train_per: int = 1, test_per: int = 2) -> dict:
     data = root / "dtd" / "dtd"
     classes = list(CLASSNAMES["dtd"]) if classes is None else classes
     (data / "labels").mkdir(parents=True)
@@ -131,11 +140,15 @@ def write_flowers(root: Path, n_images: int = 30, n_classes: int = 102) -> dict:
         _image(folder / "jpg" / f"image_{image_id:05d}.jpg", label - 1)
     ids = np.arange(1, n_images + 1)
     scipy.io.savemat(folder / "imagelabels.mat", {"labels": np.array(labels)[None, :]})
-    scipy.io.savemat(folder / "setid.mat", {"trnid": ids[0::3][None, :],
-                                            "valid": ids[1::3][None, :],
-                                            "tstid": ids[2::3][None, :]})
-    return {"labels": [y - 1 for y in labels], "train_ids": ids[0::3].tolist(),
-            "test_ids": ids[2::3].tolist()}
+    scipy.io.savemat(
+        folder / "setid.mat",
+        {"trnid": ids[0::3][None, :], "valid": ids[1::3][None, :], "tstid": ids[2::3][None, :]},
+    )
+    return {
+        "labels": [y - 1 for y in labels],
+        "train_ids": ids[0::3].tolist(),
+        "test_ids": ids[2::3].tolist(),
+    }
 
 
 def write_food(root: Path, n_classes: int = 101, train_per: int = 1, test_per: int = 1) -> dict:
@@ -156,8 +169,7 @@ def write_food(root: Path, n_classes: int = 101, train_per: int = 1, test_per: i
 
 def _idx(path: Path, array: np.ndarray) -> None:
     """MNIST idx format: magic (0, 0, type 0x08 = uint8, ndim), big-endian dims, raw bytes."""
-    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I",
-                                                                      *array.shape)
+    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
@@ -208,8 +220,10 @@ def write_cars(root: Path, n_classes: int = 196, train: int = 12, test: int = 8)
     names = np.array([f"Make {i} Model {2000 + i % 13}" for i in range(n_classes)], dtype=object)
     scipy.io.savemat(folder / "devkit" / "cars_meta.mat", {"class_names": names[None, :]})
     labels = {}
-    for split, n, mat in (("train", train, folder / "devkit" / "cars_train_annos.mat"),
-                          ("test", test, folder / "cars_test_annos_withlabels.mat")):
+    for split, n, mat in (
+        ("train", train, folder / "devkit" / "cars_train_annos.mat"),
+        ("test", test, folder / "cars_test_annos_withlabels.mat"),
+    ):
         ys = [(i * 17) % n_classes for i in range(n)]
         for i, y in enumerate(ys):
             _image(folder / f"cars_{split}" / f"{i + 1:05d}.jpg", y)
@@ -222,8 +236,9 @@ def write_sun397(root: Path, n_classes: int = 397, n_images: int = 22) -> dict:
     """ClassName.txt ('/a/abbey', '/a/apartment_building/outdoor' style) + sun_*.jpg files."""
     folder = root / "SUN397"
     folder.mkdir(parents=True)
-    classes = [f"/{chr(97 + i % 26)}/scene_{i:03d}" + ("/outdoor" if i % 5 == 0 else "")
-               for i in range(n_classes)]
+    classes = [
+        f"/{chr(97 + i % 26)}/scene_{i:03d}" + ("/outdoor" if i % 5 == 0 else "") for i in range(n_classes)
+    ]
     (folder / "ClassName.txt").write_text("".join(c + "\n" for c in classes))
     labels = []
     for i in range(n_images):
@@ -233,8 +248,12 @@ def write_sun397(root: Path, n_classes: int = 397, n_images: int = 22) -> dict:
     return {"labels": labels, "n": n_images, "classes": classes}
 
 
-def write_tinyimagenet(root: Path, n_classes: int = 200, train_per: int = 1, val: int = 30,
-                       ) -> dict:
+def write_tinyimagenet(
+    root: Path,
+    n_classes: int = 200,
+    train_per: int = 1,
+    val: int = 30,
+) -> dict:
     folder = root / "tiny-imagenet-200"
     wnids = [f"n{1000000 + i * 7919:08d}" for i in range(n_classes)]
     ordered = sorted(wnids)
@@ -256,8 +275,16 @@ def write_tinyimagenet(root: Path, n_classes: int = 200, train_per: int = 1, val
 
 
 WRITERS = {
-    "aircraft": write_aircraft, "caltech101": write_caltech101, "cifar100": write_cifar100,
-    "dtd": write_dtd, "eurosat": write_eurosat, "flowers": write_flowers, "food": write_food,
-    "mnist": write_mnist, "oxford_pet": write_pets, "stanford_cars": write_cars,
-    "sun397": write_sun397, "tinyimagenet": write_tinyimagenet,
+    "aircraft": write_aircraft,
+    "caltech101": write_caltech101,
+    "cifar100": write_cifar100,
+    "dtd": write_dtd,
+    "eurosat": write_eurosat,
+    "flowers": write_flowers,
+    "food": write_food,
+    "mnist": write_mnist,
+    "oxford_pet": write_pets,
+    "stanford_cars": write_cars,
+    "sun397": write_sun397,
+    "tinyimagenet": write_tinyimagenet,
 }

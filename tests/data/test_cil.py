@@ -28,11 +28,17 @@ def test_class_orders_are_permutations():
     assert TINYIMAGENET_ORDER[:3] == (131, 181, 22) and TINYIMAGENET_ORDER[-1] == 98
 
 
-@pytest.mark.parametrize("setting,n_tasks,sizes", [
-    ("cifar100/10", 10, {10}), ("cifar100/20", 20, {5}), ("cifar100/50", 50, {2}),
-    ("tinyimagenet/5", 6, {100, 20}), ("tinyimagenet/10", 11, {100, 10}),
-    ("tinyimagenet/20", 21, {100, 5}),
-])
+@pytest.mark.parametrize(
+    "setting,n_tasks,sizes",
+    [
+        ("cifar100/10", 10, {10}),
+        ("cifar100/20", 20, {5}),
+        ("cifar100/50", 50, {2}),
+        ("tinyimagenet/5", 6, {100, 20}),
+        ("tinyimagenet/10", 11, {100, 10}),
+        ("tinyimagenet/20", 21, {100, 5}),
+    ],
+)
 def test_protocol_step_counts(setting, n_tasks, sizes):
     steps = cil_protocol(setting)
     order = CIL_SETTINGS[setting][3]
@@ -52,14 +58,17 @@ def test_cil_steps_n_steps_equals_increment():
     assert cil_steps(5, 1, increment=2, class_order=[4, 3, 2, 1, 0]) == [[4], [3, 2], [1, 0]]
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(n_classes=10, base=0, increment=None, n_steps=None),
-    dict(n_classes=10, base=0, increment=2, n_steps=5),
-    dict(n_classes=10, base=0, n_steps=3),
-    dict(n_classes=10, base=10, increment=1),
-    dict(n_classes=10, base=0, increment=0),
-    dict(n_classes=3, base=0, increment=1, class_order=[0, 1, 1]),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(n_classes=10, base=0, increment=None, n_steps=None),
+        dict(n_classes=10, base=0, increment=2, n_steps=5),
+        dict(n_classes=10, base=0, n_steps=3),
+        dict(n_classes=10, base=10, increment=1),
+        dict(n_classes=10, base=0, increment=0),
+        dict(n_classes=3, base=0, increment=1, class_order=[0, 1, 1]),
+    ],
+)
 def test_cil_steps_rejects_bad_settings(kwargs):
     with pytest.raises(ConfigError):
         cil_steps(**kwargs)
@@ -74,8 +83,7 @@ def test_class_subset_relabels_by_order():
     labels = [0, 1, 2, 3, 0, 1, 2, 3]
     data = [(f"img{i}", y) for i, y in enumerate(labels)]
     order = [3, 1, 0, 2]
-    view = ClassSubset(data, labels, classes=[3, 1], class_order=order,
-                       classnames=["a", "b", "c", "d"])
+    view = ClassSubset(data, labels, classes=[3, 1], class_order=order, classnames=["a", "b", "c", "d"])
     assert view.indices == [1, 3, 5, 7]
     assert view.targets == [1, 0, 1, 0]  # class 3 -> 0, class 1 -> 1
     assert view[1] == ("img3", 0) and len(view) == 4
@@ -85,8 +93,9 @@ def test_class_subset_relabels_by_order():
 
 
 def test_cil_views_on_real_format_fixtures(tmp_path, monkeypatch):
-    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity",
-                        lambda fpath, md5=None: os.path.isfile(fpath))
+    monkeypatch.setattr(
+        torchvision.datasets.cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath)
+    )
     write_cifar100(tmp_path, train=200, test=100)
     write_tinyimagenet(tmp_path, train_per=1, val=10)
     cifar = load_split("cil/cifar100", tmp_path, "train")

@@ -10,12 +10,11 @@ from pathlib import Path
 from urllib.error import URLError
 
 import pytest
+from fixtures import WRITERS
 from torchvision import datasets as tvd
 
 from madapt.data.mtil import check_layout, download, load_split
 from madapt.errors import UnknownNameError
-
-from fixtures import WRITERS
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 

@@ -45,8 +45,7 @@ def test_all_images_when_shots_equal_class_size():
 def test_shots_larger_than_smallest_class():
     labels = [0] * 6 + [1] * 3 + [2] * 6
     with pytest.raises(DataError) as err:
-        few_shot_indices(labels, shots=5, seed=0, dataset="mtil/dtd",
-                         classnames=["a", "bumpy", "c"])
+        few_shot_indices(labels, shots=5, seed=0, dataset="mtil/dtd", classnames=["a", "bumpy", "c"])
     msg = err.value.one_line()
     assert "mtil/dtd" in msg and "class 1 'bumpy' has only 3 images" in msg and "(5)" in msg
 

@@ -63,9 +63,21 @@ def test_registered_names_and_specs():
 
 def test_template_and_classname_facts():
     counts = {k: len(v) for k, v in TEMPLATES.items()}
-    assert counts == {"aircraft": 2, "caltech101": 34, "cifar100": 18, "dtd": 8, "eurosat": 3,
-                      "flowers": 1, "food": 1, "mnist": 1, "oxford_pet": 1, "stanford_cars": 9,
-                      "sun397": 2, "cil_cifar100": 1, "cil_tinyimagenet": 1}
+    assert counts == {
+        "aircraft": 2,
+        "caltech101": 34,
+        "cifar100": 18,
+        "dtd": 8,
+        "eurosat": 3,
+        "flowers": 1,
+        "food": 1,
+        "mnist": 1,
+        "oxford_pet": 1,
+        "stanford_cars": 9,
+        "sun397": 2,
+        "cil_cifar100": 1,
+        "cil_tinyimagenet": 1,
+    }
     assert TEMPLATES["eurosat"][0].format("forest") == "a centered satellite photo of forest."
     assert TEMPLATES["mnist"][0].format("0 - zero") == 'a photo of the number: "0 - zero".'
     for key, classnames in CLASSNAMES.items():
@@ -159,7 +171,7 @@ def test_random_split_is_zscl_80_20(world, key):
     # ZSCL split_dataset: train = int(0.8 * n) (truncation, not rounding), seed-42 randperm
     assert len(train) == int(0.8 * n) and len(test) == n - int(0.8 * n)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(42)).tolist()
-    assert train.indices == perm[: int(0.8 * n)] and test.indices == perm[int(0.8 * n):]
+    assert train.indices == perm[: int(0.8 * n)] and test.indices == perm[int(0.8 * n) :]
     assert sorted(train.indices + test.indices) == list(range(n))
     again = load_split(key, root, "train")
     assert again.indices == train.indices and again.targets == train.targets
@@ -224,8 +236,7 @@ def test_check_layout_reports_each_dataset(world, tmp_path):
     assert [r[0] for r in rows] == [f"mtil/{k}" for k in mtil.ORDER_I]
     assert all(ok for _, ok, _ in rows)
     deep = dict((n, (ok, m)) for n, ok, m in check_layout("cil", root, deep=True))
-    assert deep["cil/cifar100"] == (True, f"found {root / 'cifar-100-python'} "
-                                          "(train 40, test 30 images)")
+    assert deep["cil/cifar100"] == (True, f"found {root / 'cifar-100-python'} (train 40, test 30 images)")
     WRITERS["dtd"](tmp_path)
     rows = dict((n, (ok, m)) for n, ok, m in check_layout("mtil", tmp_path))
     assert rows["mtil/dtd"][0] and not rows["mtil/food"][0]
@@ -244,6 +255,7 @@ def test_expected_layout_names_torchvision_folders():
 
 
 # ---- errors: one line naming dataset, path and expected layout -------------------------------
+
 
 def test_missing_data_root(tmp_path):
     with pytest.raises(DataError) as err:
@@ -283,15 +295,18 @@ def test_empty_split(tmp_path):
     assert "mtil/aircraft" in err.value.one_line()
 
 
-@pytest.mark.parametrize("key,kwargs,found", [
-    ("dtd", {"classes": list(CLASSNAMES["dtd"])[:46]}, "has 46 classes but the spec has 47"),
-    ("food", {"n_classes": 100}, "has 100 classes but the spec has 101"),
-    ("stanford_cars", {"n_classes": 195}, "has 195 classes but the spec has 196"),
-    ("sun397", {"n_classes": 398}, "has 398 classes but the spec has 397"),
-    ("tinyimagenet", {"n_classes": 100, "val": 5}, "has 100 classes but the spec has 200"),
-    ("caltech101", {"n_classes": 100}, "has 100 classes but the spec has 101"),
-    ("flowers", {"n_classes": 300, "n_images": 60}, "has label 297 but the spec has 102 classes"),
-])
+@pytest.mark.parametrize(
+    "key,kwargs,found",
+    [
+        ("dtd", {"classes": list(CLASSNAMES["dtd"])[:46]}, "has 46 classes but the spec has 47"),
+        ("food", {"n_classes": 100}, "has 100 classes but the spec has 101"),
+        ("stanford_cars", {"n_classes": 195}, "has 195 classes but the spec has 196"),
+        ("sun397", {"n_classes": 398}, "has 398 classes but the spec has 397"),
+        ("tinyimagenet", {"n_classes": 100, "val": 5}, "has 100 classes but the spec has 200"),
+        ("caltech101", {"n_classes": 100}, "has 100 classes but the spec has 101"),
+        ("flowers", {"n_classes": 300, "n_images": 60}, "has label 297 but the spec has 102 classes"),
+    ],
+)
 def test_class_count_mismatch(tmp_path, key, kwargs, found):
     WRITERS[key](tmp_path, **kwargs)
     with pytest.raises(DataError) as err:

@@ -37,8 +37,7 @@ def test_captions_txt(tmp_path):
 
 def test_captions_zscl_cc_file_is_tab_separated(tmp_path):
     path = tmp_path / "Validation_GCC-1.1.0-Validation_output.csv"
-    path.write_text("title\tfilepath\nan old house\timg/1.jpg\n"
-                    "a cat, sleeping\timg/2.jpg\n")
+    path.write_text("title\tfilepath\nan old house\timg/1.jpg\na cat, sleeping\timg/2.jpg\n")
     assert read_captions(path) == ["an old house", "a cat, sleeping"]
 
 
@@ -56,11 +55,16 @@ def test_load_reference(tmp_path):
     assert ref.images[0].mode == "RGB"
 
 
-@pytest.mark.parametrize("setup,expected", [
-    (lambda d: None, "folder does not exist"),
-    (lambda d: (d / "imgs").mkdir() or (d / "imgs" / "a.txt").write_text("x"),
-     "holds no .jpg/.jpeg/.png file"),
-])
+@pytest.mark.parametrize(
+    "setup,expected",
+    [
+        (lambda d: None, "folder does not exist"),
+        (
+            lambda d: (d / "imgs").mkdir() or (d / "imgs" / "a.txt").write_text("x"),
+            "holds no .jpg/.jpeg/.png file",
+        ),
+    ],
+)
 def test_image_errors(tmp_path, setup, expected):
     setup(tmp_path)
     with pytest.raises(DataError) as err:
@@ -68,11 +72,14 @@ def test_image_errors(tmp_path, setup, expected):
     assert expected in err.value.one_line() and str(tmp_path / "imgs") in err.value.one_line()
 
 
-@pytest.mark.parametrize("name,content,expected", [
-    ("missing.txt", None, "file does not exist"),
-    ("empty.txt", "\n  \n", "contains no caption"),
-    ("bad.csv", "id,url\n1,x\n", "has columns ['id', 'url']"),
-])
+@pytest.mark.parametrize(
+    "name,content,expected",
+    [
+        ("missing.txt", None, "file does not exist"),
+        ("empty.txt", "\n  \n", "contains no caption"),
+        ("bad.csv", "id,url\n1,x\n", "has columns ['id', 'url']"),
+    ],
+)
 def test_caption_errors(tmp_path, name, content, expected):
     path = tmp_path / name
     if content is not None:

@@ -109,8 +109,7 @@ def test_every_caption_classname_and_template_word_is_in_the_vocabulary() -> Non
     _, captions = next(syn.pretraining_batches(seed=0, batch_size=400))
     words = {w for c in captions for w in syn.tokenize_words(c)}
     for spec in syn.DOMAINS.values():
-        words |= {w for t in spec.templates for c in spec.classnames
-                  for w in syn.tokenize_words(t.format(c))}
+        words |= {w for t in spec.templates for c in spec.classnames for w in syn.tokenize_words(t.format(c))}
     assert words <= vocab
     assert len(vocab) < 150
 
@@ -119,8 +118,11 @@ def test_captions_mention_attributes_with_probability_between_half_and_most() ->
     _, captions = next(syn.pretraining_batches(seed=0, batch_size=800))
     colours = set(syn.COLOURS)
     shapes = set(syn.SHAPES) | set(syn.PLURALS.values())
-    objects = [set(syn.tokenize_words(c)) for c in captions
-               if set(syn.tokenize_words(c)) & (shapes | {"object", "objects"})]
+    objects = [
+        set(syn.tokenize_words(c))
+        for c in captions
+        if set(syn.tokenize_words(c)) & (shapes | {"object", "objects"})
+    ]
     assert len(objects) > 200
     with_colour = np.mean([bool(ws & colours) for ws in objects])
     with_shape = np.mean([bool(ws & shapes) for ws in objects])

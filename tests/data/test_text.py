@@ -24,9 +24,16 @@ def test_plain_text_skips_empty_and_non_utf8_lines(tmp_path: Path) -> None:
 
 
 def test_jsonl_reads_text_field_and_counts_each_bad_kind(tmp_path: Path) -> None:
-    lines = [json.dumps({"text": "hello\nworld\r\n\tend", "meta": 1}), "{not json", json.dumps({"title": "x"}),
-             json.dumps({"text": 5}), json.dumps(["text"]), json.dumps({"text": "  "}), "",
-             json.dumps({"text": "caf\u00e9"})]
+    lines = [
+        json.dumps({"text": "hello\nworld\r\n\tend", "meta": 1}),
+        "{not json",
+        json.dumps({"title": "x"}),
+        json.dumps({"text": 5}),
+        json.dumps(["text"]),
+        json.dumps({"text": "  "}),
+        "",
+        json.dumps({"text": "caf\u00e9"}),
+    ]
     path = tmp_path / "c.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     texts, stats = read_texts(str(path))

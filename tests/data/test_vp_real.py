@@ -52,9 +52,13 @@ def official(tmp_path_factory) -> tuple[Path, dict]:
     """Every VP dataset in its torchvision / official layout under one data_root."""
     root = tmp_path_factory.mktemp("official")
     facts = {name: write(root) for name, write in vf.OFFICIAL_WRITERS.items()}
-    for name, write in (("cifar100", fixtures.write_cifar100), ("dtd", fixtures.write_dtd),
-                        ("flowers102", fixtures.write_flowers), ("food101", fixtures.write_food),
-                        ("stanford_cars", fixtures.write_cars)):
+    for name, write in (
+        ("cifar100", fixtures.write_cifar100),
+        ("dtd", fixtures.write_dtd),
+        ("flowers102", fixtures.write_flowers),
+        ("food101", fixtures.write_food),
+        ("stanford_cars", fixtures.write_cars),
+    ):
         facts[name] = write(root)
     return root, facts
 
@@ -63,9 +67,13 @@ def official(tmp_path_factory) -> tuple[Path, dict]:
 def vpt(tmp_path_factory) -> tuple[Path, dict]:
     """The five FGVC datasets with VPT's {train,val,test}.json in the official folders."""
     root = tmp_path_factory.mktemp("vpt")
-    return root, {"cub200": vf.write_cub(root, vpt_json=True), "nabirds": vf.write_nabirds(root, vpt_json=True),
-                  "stanford_dogs": vf.write_dogs(root, vpt_json=True), "flowers102": vf.write_flowers_json(root),
-                  "stanford_cars": vf.write_cars_json(root)}
+    return root, {
+        "cub200": vf.write_cub(root, vpt_json=True),
+        "nabirds": vf.write_nabirds(root, vpt_json=True),
+        "stanford_dogs": vf.write_dogs(root, vpt_json=True),
+        "flowers102": vf.write_flowers_json(root),
+        "stanford_cars": vf.write_cars_json(root),
+    }
 
 
 def _labels(dataset) -> list[int]:
@@ -97,8 +105,11 @@ def test_torchvision_formats_give_official_splits_labels_and_names(official, nam
         assert _labels(ds) == facts[name]["labels"][split], split
         for i in (0, len(ds) - 1):
             _assert_colour(ds, i)
-    expected = {"cifar10": facts["cifar10"].get("classes"), "svhn": [str(d) for d in range(10)],
-                "gtsrb": list(vp_real.GTSRB_CLASSES)}[name]
+    expected = {
+        "cifar10": facts["cifar10"].get("classes"),
+        "svhn": [str(d) for d in range(10)],
+        "gtsrb": list(vp_real.GTSRB_CLASSES),
+    }[name]
     assert data.classnames == expected
     if name == "svhn":
         assert 0 in facts["svhn"]["labels"]["train"]  # stored as 10 in the .mat, read as digit 0
@@ -120,8 +131,13 @@ def test_gtsrb_with_a_missing_class_folder_is_a_data_error(tmp_path) -> None:
 def test_mtil_readers_are_reused_with_their_official_splits(official, name) -> None:
     root, facts = official
     data = load(root, name)
-    sizes = {"cifar100": (40, 30), "dtd": (47, 94), "flowers102": (10, 10), "food101": (101, 101),
-             "stanford_cars": (12, 8)}[name]
+    sizes = {
+        "cifar100": (40, 30),
+        "dtd": (47, 94),
+        "flowers102": (10, 10),
+        "food101": (101, 101),
+        "stanford_cars": (12, 8),
+    }[name]
     assert (len(data.train), len(data.test)) == sizes
     if "labels" in facts[name] and isinstance(facts[name]["labels"], dict):
         assert _labels(data.train) == facts[name]["labels"]["train"]
@@ -143,8 +159,12 @@ def test_cub_official_split_labels_and_names(official) -> None:
     root, facts = official
     data = load(root, "cub200")
     f = facts["cub200"]
-    assert data.classnames == ["Black footed Albatross", "Laysan Albatross", "Sooty Albatross",
-                               "Groove billed Ani"]
+    assert data.classnames == [
+        "Black footed Albatross",
+        "Laysan Albatross",
+        "Sooty Albatross",
+        "Groove billed Ani",
+    ]
     assert _labels(data.train) == f["labels"]["train"] and _labels(data.test) == f["labels"]["test"]
     assert (len(data.train), len(data.test)) == (4 * 3, 4 * 2)  # is_training_image 1 / 0
     assert not set(data.train.paths) & set(data.test.paths)
@@ -157,8 +177,13 @@ def test_nabirds_maps_sparse_leaf_ids_to_sorted_contiguous_labels(official) -> N
     root, facts = official
     data = load(root, "nabirds")
     # leaf ids 295 < 313 < 401 < 817 < 1000 -> 0..4; inner nodes of classes.txt are not classes
-    assert data.classnames == ["Common Loon", "Pacific Loon", "Red-tailed Hawk (Dark morph)", "Gray Jay",
-                               "Gray Catbird"]
+    assert data.classnames == [
+        "Common Loon",
+        "Pacific Loon",
+        "Red-tailed Hawk (Dark morph)",
+        "Gray Jay",
+        "Gray Catbird",
+    ]
     assert _labels(data.train) == facts["nabirds"]["labels"]["train"]
     assert _labels(data.test) == facts["nabirds"]["labels"]["test"]
     assert _labels(data.train)[:2] == [3, 3]  # the first images listed are class 817 = Gray Jay
@@ -172,8 +197,9 @@ def test_stanford_dogs_reads_the_mat_lists(official) -> None:
     f = facts["stanford_dogs"]
     assert data.classnames == f["names"]
     assert _labels(data.train) == f["labels"]["train"] and _labels(data.test) == f["labels"]["test"]
-    assert [Path(p).relative_to(root / "stanford_dogs" / "Images").as_posix() for p in data.test.paths] \
-        == f["paths"]["test"]
+    assert [Path(p).relative_to(root / "stanford_dogs" / "Images").as_posix() for p in data.test.paths] == f[
+        "paths"
+    ]["test"]
     assert not set(data.train.paths) & set(data.test.paths)
     _assert_colour(data.test, 0)
 
@@ -198,8 +224,10 @@ def test_vpt_json_splits_train_on_train_json_and_test_on_test_json(vpt, name) ->
     assert (len(data.train), len(data.test)) == (len(splits["train"]), len(splits["test"]))
     folder = root / name
     image_dir = folder / vp_real.FGVC[name].image_dir
-    rel = {s: {Path(p).relative_to(image_dir).as_posix() for p in getattr(data, s).paths}
-           for s in ("train", "test")}
+    rel = {
+        s: {Path(p).relative_to(image_dir).as_posix() for p in getattr(data, s).paths}
+        for s in ("train", "test")
+    }
     assert rel["train"] == set(splits["train"]) and rel["test"] == set(splits["test"])
     assert not rel["train"] & set(splits["val"]) and not rel["test"] & set(splits["val"])  # val is unused
     # VPT maps class ids to 0..K-1 in sorted order; every fixture image's colour is that index
@@ -207,12 +235,19 @@ def test_vpt_json_splits_train_on_train_json_and_test_on_test_json(vpt, name) ->
     assert _labels(data.train) == [ids.index(c) for c in splits["train"].values()]
     for i in (0, len(data.test) - 1):
         _assert_colour(data.test, i)
-    expected = {"cub200": ["Black footed Albatross", "Laysan Albatross", "Sooty Albatross", "Groove billed Ani"],
-                "nabirds": ["Common Loon", "Pacific Loon", "Red-tailed Hawk (Dark morph)", "Gray Jay",
-                            "Gray Catbird"],
-                "stanford_dogs": ["Chihuahua", "Afghan hound", "curly-coated retriever"],
-                "flowers102": list(CLASSNAMES["flowers"]),
-                "stanford_cars": facts["stanford_cars"].get("names")}[name]
+    expected = {
+        "cub200": ["Black footed Albatross", "Laysan Albatross", "Sooty Albatross", "Groove billed Ani"],
+        "nabirds": [
+            "Common Loon",
+            "Pacific Loon",
+            "Red-tailed Hawk (Dark morph)",
+            "Gray Jay",
+            "Gray Catbird",
+        ],
+        "stanford_dogs": ["Chihuahua", "Afghan hound", "curly-coated retriever"],
+        "flowers102": list(CLASSNAMES["flowers"]),
+        "stanford_cars": facts["stanford_cars"].get("names"),
+    }[name]
     assert data.classnames == expected
 
 
@@ -250,7 +285,9 @@ def test_image_folder_tree_is_the_fallback(tmp_path) -> None:
     _assert_colour(data.train, len(data.train) - 1)
     vf.write_image_folder(tmp_path, "my_dataset", ("x", "y"))  # names outside the VP list: folders only
     assert load(tmp_path, "my_dataset").classnames == ["x", "y"]
-    assert check_layout(tmp_path, ["cub200"]) == [("cub200", True, f"found ImageFolder tree {tmp_path / 'cub200'}")]
+    assert check_layout(tmp_path, ["cub200"]) == [
+        ("cub200", True, f"found ImageFolder tree {tmp_path / 'cub200'}")
+    ]
 
 
 MISSING = [
@@ -266,8 +303,13 @@ MISSING = [
     ("flowers102", "flowers-102/setid.mat"),
     ("food101", "food-101/meta/test.json"),
 ]
-WRITERS = {**vf.OFFICIAL_WRITERS, "cifar100": fixtures.write_cifar100, "dtd": fixtures.write_dtd,
-           "flowers102": fixtures.write_flowers, "food101": fixtures.write_food}
+WRITERS = {
+    **vf.OFFICIAL_WRITERS,
+    "cifar100": fixtures.write_cifar100,
+    "dtd": fixtures.write_dtd,
+    "flowers102": fixtures.write_flowers,
+    "food101": fixtures.write_food,
+}
 
 
 @pytest.mark.parametrize(("name", "rel"), MISSING)
@@ -284,7 +326,9 @@ def test_a_missing_file_is_one_line_naming_it_and_the_layout(tmp_path, name, rel
     assert _files(tmp_path) == before  # nothing created
 
 
-@pytest.mark.parametrize(("name", "rel"), [("cub200", "cub200/test.json"), ("stanford_dogs", "stanford_dogs/Images")])
+@pytest.mark.parametrize(
+    ("name", "rel"), [("cub200", "cub200/test.json"), ("stanford_dogs", "stanford_dogs/Images")]
+)
 def test_incomplete_vpt_json_folder_names_the_missing_part(tmp_path, name, rel) -> None:
     {"cub200": vf.write_cub, "stanford_dogs": vf.write_dogs}[name](tmp_path, vpt_json=True)
     target = tmp_path / rel
@@ -334,12 +378,23 @@ def test_vp_preset_runs_on_a_cub_fixture(tmp_path) -> None:
     torch.manual_seed(0)
     weights = tmp_path / "vit.safetensors"
     save_tensors(weights, load_classifier("madapt-tiny-vit-in21k").model.state_dict())
-    args = [f"data.data_root={tmp_path / 'data'}", f"weights={weights}", "backbone=madapt-tiny-vit-in21k",
-            "train.epochs=1", "train.batch_size=8", "train.num_workers=0", "eval_batch_size=16", "prompt.pad=4"]
-    results = run_experiment("vp/otlm_vitb22k_cub200", args, tmp_path / "run", False,
-                             Console(file=io.StringIO(), width=120))
+    args = [
+        f"data.data_root={tmp_path / 'data'}",
+        f"weights={weights}",
+        "backbone=madapt-tiny-vit-in21k",
+        "train.epochs=1",
+        "train.batch_size=8",
+        "train.num_workers=0",
+        "eval_batch_size=16",
+        "prompt.pad=4",
+    ]
+    results = run_experiment(
+        "vp/otlm_vitb22k_cub200", args, tmp_path / "run", False, Console(file=io.StringIO(), width=120)
+    )
     assert results["classnames"][0] == "Black footed Albatross"
-    assert results["train_images"] == len(facts["json"]["train"]) and results["val_images"] == len(facts["json"]["val"])
+    assert results["train_images"] == len(facts["json"]["train"]) and results["val_images"] == len(
+        facts["json"]["val"]
+    )
     otlm = results["variants"]["otlm"]
     assert len(set(otlm["mapping"])) == 4 and max(otlm["mapping"]) < 21843
     assert 0.0 <= otlm["accuracy"] <= 100.0 and len(otlm["history"]) == 1
@@ -356,16 +411,23 @@ def test_cli_data_check_vp(official, tmp_path) -> None:
     root, _ = official
     env = {**os.environ, "PYTHONPATH": str(Path(madapt.__file__).resolve().parents[1])}
     cmd = [sys.executable, "-m", "madapt.cli", "data", "check"]
-    ok = subprocess.run([*cmd, "vp", "--root", str(root)], env=env, capture_output=True, text=True, check=False)
+    ok = subprocess.run(
+        [*cmd, "vp", "--root", str(root)], env=env, capture_output=True, text=True, check=False
+    )
     assert ok.returncode == 0 and f"ok      cub200: found official layout in {root / 'cub200'}" in ok.stdout
-    missing = subprocess.run([*cmd, "vp", "--root", str(tmp_path)], env=env, capture_output=True, text=True, check=False)
+    missing = subprocess.run(
+        [*cmd, "vp", "--root", str(tmp_path)], env=env, capture_output=True, text=True, check=False
+    )
     assert missing.returncode == 1 and "MISSING cub200" in missing.stdout
-    bad = subprocess.run([*cmd, "vpp", "--root", str(root)], env=env, capture_output=True, text=True, check=False)
+    bad = subprocess.run(
+        [*cmd, "vpp", "--root", str(root)], env=env, capture_output=True, text=True, check=False
+    )
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "'vp'" in bad.stderr
 
 
-def test_validation_splits_are_the_official_ones_or_table_6_2_hold_outs(official, vpt, monkeypatch,
-                                                                        tmp_path) -> None:
+def test_validation_splits_are_the_official_ones_or_table_6_2_hold_outs(
+    official, vpt, monkeypatch, tmp_path
+) -> None:
     """DTD val1 / Flowers valid / VPT val.json when the layout has one; else a stratified hold-out."""
     root, facts = official
     flowers = load_real(root, "flowers102", TF)
@@ -379,7 +441,9 @@ def test_validation_splits_are_the_official_ones_or_table_6_2_hold_outs(official
     assert len(dtd.val) == 47 and _labels(dtd.val) == _labels(dtd.train)
     vroot, vfacts = vpt
     cub = load_real(vroot, "cub200", TF)
-    assert len(cub.train) == len(vfacts["cub200"]["json"]["train"]) and len(cub.val) == len(vfacts["cub200"]["json"]["val"])
+    assert len(cub.train) == len(vfacts["cub200"]["json"]["train"]) and len(cub.val) == len(
+        vfacts["cub200"]["json"]["val"]
+    )
     monkeypatch.setitem(vp_real.VAL_HOLDOUT, "cifar10", 5)
     whole = load(root, "cifar10")
     held = load_real(root, "cifar10", TF)

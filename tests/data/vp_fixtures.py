@@ -21,11 +21,19 @@ from PIL import Image
 
 CUB_CLASSES = ("Black_footed_Albatross", "Laysan_Albatross", "Sooty_Albatross", "Groove_billed_Ani")
 # NABirds: leaf ids are not contiguous and classes.txt also lists inner hierarchy nodes
-NABIRDS_LEAVES = {817: "Gray Jay", 295: "Common Loon", 1000: "Gray Catbird", 313: "Pacific Loon",
-                  401: "Red-tailed Hawk (Dark morph)"}
+NABIRDS_LEAVES = {
+    817: "Gray Jay",
+    295: "Common Loon",
+    1000: "Gray Catbird",
+    313: "Pacific Loon",
+    401: "Red-tailed Hawk (Dark morph)",
+}
 NABIRDS_INNER = {0: "Birds", 1: "Perching Birds", 22: "Loons"}
-DOG_BREEDS = (("n02085620", "Chihuahua"), ("n02088094", "Afghan_hound"),
-              ("n02099429", "curly-coated_retriever"))
+DOG_BREEDS = (
+    ("n02085620", "Chihuahua"),
+    ("n02088094", "Afghan_hound"),
+    ("n02099429", "curly-coated_retriever"),
+)
 
 
 def _jpeg(path: Path, label: int) -> None:
@@ -125,8 +133,9 @@ def write_gtsrb(root: Path, n_classes: int = 43, test: int = 9) -> dict:
 # FGVC official layouts and VPT's json splits
 
 
-def write_cub(root: Path, folder: str = "cub200", train_per: int = 3, test_per: int = 2,
-              vpt_json: bool = False) -> dict:
+def write_cub(
+    root: Path, folder: str = "cub200", train_per: int = 3, test_per: int = 2, vpt_json: bool = False
+) -> dict:
     """CUB_200_2011 files in ``root/folder``; with ``vpt_json`` also VPT's {train,val,test}.json,
     val taking the last official training image of each class (ids 0-based)."""
     base = root / folder
@@ -149,8 +158,12 @@ def write_cub(root: Path, folder: str = "cub200", train_per: int = 3, test_per: 
             facts["paths"]["train" if is_train else "test"].append(rel)
             key = "test" if not is_train else ("val" if k == train_per - 1 else "train")
             json_splits[key][rel] = c
-    for file, lines in (("images.txt", images), ("image_class_labels.txt", labels),
-                        ("train_test_split.txt", split), ("classes.txt", classes)):
+    for file, lines in (
+        ("images.txt", images),
+        ("image_class_labels.txt", labels),
+        ("train_test_split.txt", split),
+        ("classes.txt", classes),
+    ):
         (base / file).write_text("\n".join(lines) + "\n")
     if vpt_json:
         for s, mapping in json_splits.items():
@@ -184,8 +197,11 @@ def write_nabirds(root: Path, train_per: int = 2, test_per: int = 2, vpt_json: b
             json_splits[key][rel] = cid
     classes = {**NABIRDS_INNER, **NABIRDS_LEAVES}
     (base / "classes.txt").write_text("".join(f"{k} {v}\n" for k, v in sorted(classes.items())))
-    for file, lines in (("images.txt", images), ("image_class_labels.txt", labels),
-                        ("train_test_split.txt", split)):
+    for file, lines in (
+        ("images.txt", images),
+        ("image_class_labels.txt", labels),
+        ("train_test_split.txt", split),
+    ):
         (base / file).write_text("\n".join(lines) + "\n")
     if vpt_json:
         for s, mapping in json_splits.items():
@@ -209,16 +225,23 @@ def write_dogs(root: Path, train_per: int = 3, test_per: int = 2, vpt_json: bool
             lists[s].append((rel, c + 1))
             json_splits["test" if s == "test" else ("val" if k == 0 else "train")][rel] = c
     for s, rows in lists.items():
-        scipy.io.savemat(base / f"{s}_list.mat", {
-            "file_list": _cells([r for r, _ in rows]),
-            "annotation_list": _cells([r.rsplit(".", 1)[0] for r, _ in rows]),
-            "labels": np.array([[y] for _, y in rows], dtype=np.float64)})
+        scipy.io.savemat(
+            base / f"{s}_list.mat",
+            {
+                "file_list": _cells([r for r, _ in rows]),
+                "annotation_list": _cells([r.rsplit(".", 1)[0] for r, _ in rows]),
+                "labels": np.array([[y] for _, y in rows], dtype=np.float64),
+            },
+        )
     if vpt_json:
         for s, mapping in json_splits.items():
             _json(base / f"{s}.json", mapping)
-    return {"labels": {s: [y - 1 for _, y in rows] for s, rows in lists.items()},
-            "paths": {s: [r for r, _ in rows] for s, rows in lists.items()},
-            "json": json_splits, "names": ["Chihuahua", "Afghan hound", "curly-coated retriever"]}
+    return {
+        "labels": {s: [y - 1 for _, y in rows] for s, rows in lists.items()},
+        "paths": {s: [r for r, _ in rows] for s, rows in lists.items()},
+        "json": json_splits,
+        "names": ["Chihuahua", "Afghan hound", "curly-coated retriever"],
+    }
 
 
 def write_flowers_json(root: Path, n_classes: int = 102) -> dict:
@@ -246,8 +269,11 @@ def write_cars_json(root: Path, n_classes: int = 196) -> dict:
     scipy.io.savemat(base / "devkit" / "cars_meta.mat", {"class_names": names[None, :]})
     splits: dict[str, dict[str, int]] = {"train": {}, "val": {}, "test": {}}
     for c in range(n_classes):
-        for s, rel in (("train", f"cars_train/{2 * c + 1:05d}.jpg"), ("val", f"cars_train/{2 * c + 2:05d}.jpg"),
-                       ("test", f"cars_test/{c + 1:05d}.jpg")):
+        for s, rel in (
+            ("train", f"cars_train/{2 * c + 1:05d}.jpg"),
+            ("val", f"cars_train/{2 * c + 2:05d}.jpg"),
+            ("test", f"cars_test/{c + 1:05d}.jpg"),
+        ):
             _jpeg(base / rel, c)
             splits[s][rel] = c + 1
     for s, mapping in splits.items():
@@ -255,18 +281,29 @@ def write_cars_json(root: Path, n_classes: int = 196) -> dict:
     return {"json": splits, "names": names.tolist()}
 
 
-def write_image_folder(root: Path, name: str, classes: tuple[str, ...] = ("alpha", "beta", "gamma"),
-                       train_per: int = 2, test_per: int = 1) -> dict:
+def write_image_folder(
+    root: Path,
+    name: str,
+    classes: tuple[str, ...] = ("alpha", "beta", "gamma"),
+    train_per: int = 2,
+    test_per: int = 1,
+) -> dict:
     """The ImageFolder fallback ``root/<name>/{train,test}/<class>/*.jpg``."""
     for s, per in (("train", train_per), ("test", test_per)):
         for c, cls in enumerate(classes):
             for k in range(per):
                 _jpeg(root / name / s / cls / f"{k}.jpg", c)
-    return {"sizes": {"train": train_per * len(classes), "test": test_per * len(classes)},
-            "classes": list(classes)}
+    return {
+        "sizes": {"train": train_per * len(classes), "test": test_per * len(classes)},
+        "classes": list(classes),
+    }
 
 
 OFFICIAL_WRITERS = {
-    "cifar10": write_cifar10, "svhn": write_svhn, "gtsrb": write_gtsrb, "cub200": write_cub,
-    "nabirds": write_nabirds, "stanford_dogs": write_dogs,
+    "cifar10": write_cifar10,
+    "svhn": write_svhn,
+    "gtsrb": write_gtsrb,
+    "cub200": write_cub,
+    "nabirds": write_nabirds,
+    "stanford_dogs": write_dogs,
 }

@@ -89,8 +89,11 @@ def test_streaming_in_uneven_batches_equals_in_memory(dtype):
     np.testing.assert_array_equal(streamed.counts, reference.counts)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     np.testing.assert_allclose(streamed.prob_sums, reference.prob_sums, rtol=tol)
-    np.testing.assert_allclose(ot_cost_from_sums(streamed.prob_sums),
-                               naive_ot_cost(probs.double().numpy(), labels.numpy(), 4), atol=10 * tol)
+    np.testing.assert_allclose(
+        ot_cost_from_sums(streamed.prob_sums),
+        naive_ot_cost(probs.double().numpy(), labels.numpy(), 4),
+        atol=10 * tol,
+    )
 
 
 def test_reset_forgets_previous_batches():

@@ -21,8 +21,9 @@ def random_probs(n: int, n_source: int, n_target: int, seed: int):
 
 def naive_cost(probs: torch.Tensor, labels: torch.Tensor, n_target: int) -> np.ndarray:
     f, y = probs.numpy(), labels.numpy()
-    return np.array([[1 - f[y == j, i].sum() / f[:, i].sum() for j in range(n_target)]
-                     for i in range(f.shape[1])])
+    return np.array(
+        [[1 - f[y == j, i].sum() / f[:, i].sum() for j in range(n_target)] for i in range(f.shape[1])]
+    )
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -30,8 +31,10 @@ def naive_cost(probs: torch.Tensor, labels: torch.Tensor, n_target: int) -> np.n
 def test_otlm_mapping_is_the_brute_force_optimum(seed, n_source):
     probs, labels = random_probs(60, n_source, 3, seed)
     cost = naive_cost(probs, labels, 3)
-    best = min(itertools.permutations(range(n_source), 3),
-               key=lambda perm: sum(cost[s, j] for j, s in enumerate(perm)))
+    best = min(
+        itertools.permutations(range(n_source), 3),
+        key=lambda perm: sum(cost[s, j] for j, s in enumerate(perm)),
+    )
     mapper = OTLM().fit(probs, labels)
     assert tuple(mapper.mapping_.tolist()) == best
     assert mapper.mapping_cost_ == pytest.approx(sum(cost[s, j] for j, s in enumerate(best)), abs=1e-12)
@@ -73,8 +76,9 @@ def test_table_6_9_ablation_grid_orders_total_ot_cost():
     assert ot_costs["lsa", "ot"] == min(ot_costs.values())
     assert ot_costs["lsa", "ot"] < ot_costs["greedy", "frequency"]
     # greedy/frequency is exactly ILM.
-    np.testing.assert_array_equal(OTLM(solver="greedy", cost="frequency").fit(probs, labels).mapping_,
-                                  ILM().fit(probs, labels).mapping_)
+    np.testing.assert_array_equal(
+        OTLM(solver="greedy", cost="frequency").fit(probs, labels).mapping_, ILM().fit(probs, labels).mapping_
+    )
 
 
 @pytest.mark.parametrize("mapper_cls", [FLM, ILM, OTLM])
@@ -230,12 +234,15 @@ def test_several_sources_per_class_average_their_logits(mapper_cls):
 def test_multi_source_otlm_is_the_brute_force_optimum():
     probs, labels = random_probs(60, 6, 2, seed=22)
     cost = naive_cost(probs, labels, 2)
-    best = min((p for p in itertools.permutations(range(6), 4) if p[0] < p[1] and p[2] < p[3]),
-               key=lambda p: cost[p[0], 0] + cost[p[1], 0] + cost[p[2], 1] + cost[p[3], 1])
+    best = min(
+        (p for p in itertools.permutations(range(6), 4) if p[0] < p[1] and p[2] < p[3]),
+        key=lambda p: cost[p[0], 0] + cost[p[1], 0] + cost[p[2], 1] + cost[p[3], 1],
+    )
     mapper = OTLM(sources_per_class=2).fit(probs, labels)
     assert {frozenset(row) for row in mapper.mapping_.tolist()} == {frozenset(best[:2]), frozenset(best[2:])}
-    assert mapper.mapping_cost_ == pytest.approx(cost[best[0], 0] + cost[best[1], 0] + cost[best[2], 1]
-                                                 + cost[best[3], 1], abs=1e-12)
+    assert mapper.mapping_cost_ == pytest.approx(
+        cost[best[0], 0] + cost[best[1], 0] + cost[best[2], 1] + cost[best[3], 1], abs=1e-12
+    )
 
 
 def test_accumulator_from_a_mapper_gathers_what_it_needs():
@@ -245,8 +252,9 @@ def test_accumulator_from_a_mapper_gathers_what_it_needs():
         acc = cls(**options).make_accumulator(15, 4)
         acc.update(probs, labels)
         assert (acc.stats().counts is not None) == has_counts
-        np.testing.assert_array_equal(cls(**options).fit_from_stats(acc).mapping_,
-                                      cls(**options).fit(probs, labels).mapping_)
+        np.testing.assert_array_equal(
+            cls(**options).fit_from_stats(acc).mapping_, cls(**options).fit(probs, labels).mapping_
+        )
     no_counts = OTLM().make_accumulator(15, 4)
     no_counts.update(probs, labels)
     with pytest.raises(ConfigError, match="counts=True"):

@@ -13,8 +13,10 @@ from madapt.labelmap.solvers import mapping_cost, plan_to_mapping, solve
 
 def brute_force_best(cost: np.ndarray) -> tuple[float, tuple[int, ...]]:
     n_source, n_target = cost.shape
-    return min((sum(cost[s, j] for j, s in enumerate(perm)), perm)
-               for perm in itertools.permutations(range(n_source), n_target))
+    return min(
+        (sum(cost[s, j] for j, s in enumerate(perm)), perm)
+        for perm in itertools.permutations(range(n_source), n_target)
+    )
 
 
 def ilmvp_greedy(cost: np.ndarray) -> np.ndarray:

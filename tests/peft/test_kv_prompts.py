@@ -1,4 +1,7 @@
-"""K/V-only prompts in open_clip's blocks (seed 003 eqs. 7-8) on the tiny ViT-B/16 config and the micro CLIP."""
+"""K/V-only prompts in open_clip's blocks (seed 003 eqs. 7-8).
+
+On the tiny ViT-B/16 config and the micro CLIP.
+"""
 
 from __future__ import annotations
 

@@ -90,8 +90,9 @@ def test_shifted_block_keeps_windows_apart_but_every_token_sees_the_prompts() ->
     assert changed(x, prompts + bump) == {(i, j) for i in range(8) for j in range(8)}
 
 
-def _vpt_square_attention(attn: WindowAttention, windows: torch.Tensor, prompts: torch.Tensor,
-                          mask: torch.Tensor) -> torch.Tensor:
+def _vpt_square_attention(
+    attn: WindowAttention, windows: torch.Tensor, prompts: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """VPT's own formulation: [prompts; window] attend to each other, bias and mask zero-padded."""
     bw, length, _ = windows.shape
     n, heads = prompts.shape[0], attn.num_heads

@@ -17,7 +17,6 @@ from madapt.backbones.clip import ClipBackbone, load_clip, zero_shot_head
 from madapt.backbones.micro import load_micro_clip
 from madapt.prompting.fewshot import FewShotContext
 
-
 TINY_NAMES = ["golden_retriever", "tabby cat", "airliner", "sea or lake", "tree frog"]
 MICRO_NAMES = ["red circle", "blue square", "green triangle", "yellow star"]
 HAND = "a photo of a {}."

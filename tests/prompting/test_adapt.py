@@ -191,5 +191,7 @@ def test_amp_on_cpu_trains_in_bf16_and_keeps_the_budget(micro):
     method = Adapt(AdaptConfig(tokens=4, t_target=7, n_k=2, r_p=4, lr=0.01))
     entry = fit(method, ctx, micro[1], Settings(epochs=6, batch_size=4, seed=1, amp=True))
     assert method.live() == 7 and all(np.isfinite(h["loss"]) for h in entry["history"])
-    assert all(b.prompts.dtype == torch.float32 for bs in method.blocks.values() for b in bs)  # fp32 master copy
+    assert all(
+        b.prompts.dtype == torch.float32 for bs in method.blocks.values() for b in bs
+    )  # fp32 master copy
     assert entry["history"][-1]["loss"] < entry["history"][0]["loss"]

@@ -36,15 +36,16 @@ SUB = Path("colour/adapt/seed1")
 @pytest.mark.parametrize("workers", [0, 1])
 def test_process_slices_reassemble_the_single_process_batches(workers):
     rng = np.random.default_rng(0)
-    data = ArrayDataset(rng.integers(0, 255, (22, 4, 4, 3)).astype(np.uint8), np.arange(22) % 5, (0.5,) * 3,
-                        (0.5,) * 3)
+    data = ArrayDataset(
+        rng.integers(0, 255, (22, 4, 4, 3)).astype(np.uint8), np.arange(22) % 5, (0.5,) * 3, (0.5,) * 3
+    )
     if workers:  # the DataLoader path, items one by one
         data = torch.utils.data.TensorDataset(torch.arange(22).float(), torch.arange(22) % 5)
     settings = Settings(epochs=2, batch_size=6, seed=3, num_workers=workers)
     whole = list(_batches(data, settings, Processes(), _Progress(epoch=1, batch=1)))
     parts = [list(_batches(data, settings, Processes(r, 2), _Progress(epoch=1, batch=1))) for r in range(2)]
     assert [b for b, _ in whole] == [1, 2]  # 22 // 6 = 3 batches (drop_last), resumed at batch 1
-    for (b, (x, y)), (_, (xa, ya)), (_, (xb, yb)) in zip(whole, *parts):
+    for (_, (x, y)), (_, (xa, ya)), (_, (xb, yb)) in zip(whole, *parts):
         assert len(xa) == len(xb) == 3
         assert torch.equal(torch.cat([xa, xb]), x) and torch.equal(torch.cat([ya, yb]), y)
 
@@ -60,17 +61,33 @@ def _madapt(out: str, processes: int = 1, resume: bool = False) -> list[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(port)]
+    launch = [
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+    ]
     return [sys.executable, *launch, *cli]
 
 
 def _final(run: Path) -> dict[str, torch.Tensor]:
     """Prompts and masks of the last checkpoint (written after the final epoch)."""
     state = Checkpointer(run / SUB / "checkpoints").load().state["method"]
-    return {f"{kind}.{tower}.{i}": t for kind in ("prompts", "masks") for tower, ts in state[kind].items()
-            for i, t in enumerate(ts)}
+    return {
+        f"{kind}.{tower}.{i}": t
+        for kind in ("prompts", "masks")
+        for tower, ts in state[kind].items()
+        for i, t in enumerate(ts)
+    }
 
 
 def _pointer(run: Path) -> tuple[int | None, bool]:
@@ -93,22 +110,31 @@ def test_sigkill_at_random_moments_resumes_to_identical_prompts_and_masks(tmp_pa
     rng, kills = random.Random(14), []
     for attempt in range(8):
         resume = (tmp_path / "B" / "config.yaml").is_file()
-        proc = subprocess.Popen(_madapt("B", resume=resume), cwd=tmp_path, env=_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            _madapt("B", resume=resume),
+            cwd=tmp_path,
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         mode = ("new_checkpoint", "while_writing", "delay")[attempt % 3]
         start, (seen, _) = time.monotonic(), _pointer(tmp_path / "B")
         delay = rng.uniform(0.1, 0.9) * span
         while proc.poll() is None:
             seq, writing = _pointer(tmp_path / "B")
-            if {"new_checkpoint": seq != seen, "while_writing": writing,
-                    "delay": time.monotonic() - start > delay}[mode]:
+            if {
+                "new_checkpoint": seq != seen,
+                "while_writing": writing,
+                "delay": time.monotonic() - start > delay,
+            }[mode]:
                 proc.kill()  # SIGKILL
                 kills.append(mode)
                 break
             time.sleep(0.002)
         proc.wait()
-    final = subprocess.run(_madapt("B", resume=True), cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                           timeout=900)
+    final = subprocess.run(
+        _madapt("B", resume=True), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900
+    )
     assert final.returncode == 0, final.stderr[-3000:]
     assert len(kills) >= 3, kills
     a, b = _final(tmp_path / "A"), _final(tmp_path / "B")
@@ -122,8 +148,9 @@ def test_sigkill_at_random_moments_resumes_to_identical_prompts_and_masks(tmp_pa
 def test_two_processes_follow_the_single_process_run(tmp_path):
     (tmp_path / "cfg.yaml").write_text(CONFIG)
     for n, out in ((1, "one"), (2, "two")):
-        proc = subprocess.run(_madapt(out, n), cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                              timeout=900)
+        proc = subprocess.run(
+            _madapt(out, n), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(2 processes)" in (tmp_path / "two" / "log.txt").read_text()
     one, two = _final(tmp_path / "one"), _final(tmp_path / "two")

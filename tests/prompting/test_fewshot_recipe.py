@@ -99,10 +99,13 @@ def test_config_mistakes_are_one_line_errors(tmp_path, override, error, where):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("override, where", [
-    (["data.collection=coop", "data.datasets=[eurosat]"], "data_root"),
-    (["backbone=ViT-B-16"], "pretrained"),
-])
+@pytest.mark.parametrize(
+    "override, where",
+    [
+        (["data.collection=coop", "data.datasets=[eurosat]"], "data_root"),
+        (["backbone=ViT-B-16"], "pretrained"),
+    ],
+)
 def test_missing_data_root_or_weights_fail_before_anything_is_written(tmp_path, override, where):
     (tmp_path / "cfg.yaml").write_text(CONFIG)
     with pytest.raises(ConfigError) as info:

@@ -27,8 +27,12 @@ def test_pad_prompter_frame_geometry_and_trainable_count_are_bahngs() -> None:
     torch.manual_seed(0)
     prompt = PadPrompter((224, 224), MEAN, STD, pad=30)
     shapes = {n: tuple(p.shape) for n, p in prompt.named_parameters()}
-    assert shapes == {"pad_up": (1, 3, 30, 224), "pad_down": (1, 3, 30, 224), "pad_left": (1, 3, 164, 30),
-                      "pad_right": (1, 3, 164, 30)}
+    assert shapes == {
+        "pad_up": (1, 3, 30, 224),
+        "pad_down": (1, 3, 30, 224),
+        "pad_left": (1, 3, 164, 30),
+        "pad_right": (1, 3, 164, 30),
+    }
     assert prompt.trained_numel() == 69_840 == 3 * (224 * 224 - 164 * 164)
     assert 0.9 < float(prompt.pad_up.detach().std()) < 1.1  # randn, not zeros
     x = torch.rand(2, 3, 224, 224)
@@ -152,7 +156,10 @@ def test_micro_targets_are_deterministic_balanced_and_split() -> None:
     assert not np.array_equal(a_img, test_img)
     val_img, val_lab = vp.micro_split("digits", "val", 3, seed=1)  # its own stream: new images
     assert np.bincount(val_lab).tolist() == [3] * 10 and not np.array_equal(val_img, a_img)
-    assert vp.load_micro("digits", 3, 2, seed=1).val is None and len(vp.load_micro("digits", 3, 2, 1, 2).val) == 20
+    assert (
+        vp.load_micro("digits", 3, 2, seed=1).val is None
+        and len(vp.load_micro("digits", 3, 2, 1, 2).val) == 20
+    )
     for name, classes in vp.MICRO_TARGETS.items():
         images, labels = vp.micro_split(name, "test", 1)
         assert len(images) == len(classes) and sorted(labels.tolist()) == list(range(len(classes)))

@@ -34,9 +34,23 @@ def _command(processes: int, out: str) -> list[str]:
     run = ["-m", "madapt.cli", "run", "cfg.yaml", "--out", out]
     if processes == 1:
         return [sys.executable, *run]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(_free_port()), *run]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        *run,
+    ]
 
 
 @pytest.mark.slow
@@ -44,7 +58,9 @@ def test_two_processes_follow_the_single_process_run(tmp_path: Path) -> None:
     (tmp_path / "cfg.yaml").write_text(CONFIG)
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     for n, out in ((1, "one"), (2, "two")):
-        proc = subprocess.run(_command(n, out), cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=900)
+        proc = subprocess.run(
+            _command(n, out), cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=900
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
     one = json.loads((tmp_path / "one/results.json").read_text())["variants"]
     two = json.loads((tmp_path / "two/results.json").read_text())["variants"]

@@ -61,7 +61,8 @@ def test_bahng_schedule_warms_up_1000_steps_then_decays_by_cosine() -> None:
 
 
 def test_the_reported_epoch_is_chosen_on_validation_and_test_is_read_only_after_training(
-        weights, monkeypatch) -> None:
+    weights, monkeypatch
+) -> None:
     cfg = load_config("vp/micro_otlm", tiny(weights, "variants=[otlm]"))
     prepared = visual.prepare(cfg)
     val, test = prepared.data.val, prepared.data.test
@@ -81,7 +82,9 @@ def test_the_reported_epoch_is_chosen_on_validation_and_test_is_read_only_after_
     monkeypatch.setattr(visual_train, "evaluate", fake)
     entry = visual.fit_variant(cfg, prepared, cfg.variants[0])
     assert [kind for kind, _ in seen] == ["val", "val", "val", "test", "test"]
-    assert entry["best_epoch"] == 2 and entry["best_val_accuracy"] == 50.0 and entry["selection"] == "best_val"
+    assert (
+        entry["best_epoch"] == 2 and entry["best_val_accuracy"] == 50.0 and entry["selection"] == "best_val"
+    )
     assert torch.equal(seen[3][1], seen[2][1])  # final test: the last epoch's prompt
     assert torch.equal(seen[4][1], seen[1][1])  # reported test: the best-validation epoch's prompt
     assert [h["val_accuracy"] for h in entry["history"]] == [10.0, 50.0, 20.0]
@@ -97,11 +100,15 @@ def test_without_a_validation_split_the_last_epoch_is_reported(weights) -> None:
 def test_random_mapping_is_drawn_from_the_run_seed(weights) -> None:
     maps = {}
     for seed in (0, 1):
-        cfg = load_config("vp/micro_otlm", tiny(weights, f"seed={seed}", "train.epochs=1", "variants=[random]"))
+        cfg = load_config(
+            "vp/micro_otlm", tiny(weights, f"seed={seed}", "train.epochs=1", "variants=[random]")
+        )
         maps[seed] = visual.fit_variant(cfg, visual.prepare(cfg), cfg.variants[0])["mapping"]
     assert maps[0] != maps[1]
-    cfg = load_config("vp/micro_otlm", tiny(weights, "seed=1", "train.epochs=1",
-                                            "variants=[{name: random, options: {seed: 0}}]"))
+    cfg = load_config(
+        "vp/micro_otlm",
+        tiny(weights, "seed=1", "train.epochs=1", "variants=[{name: random, options: {seed: 0}}]"),
+    )
     assert visual.fit_variant(cfg, visual.prepare(cfg), cfg.variants[0])["mapping"] == maps[0]
 
 
@@ -118,7 +125,9 @@ def test_the_recipe_runs_under_autocast_on_a_cpu(weights, monkeypatch, precision
         return out
 
     monkeypatch.setattr(visual_train.Learner, "forward", spy)
-    cfg = load_config("vp/micro_otlm", tiny(weights, f"precision={precision}", "device=cpu", "variants=[otlm]"))
+    cfg = load_config(
+        "vp/micro_otlm", tiny(weights, f"precision={precision}", "device=cpu", "variants=[otlm]")
+    )
     entry = visual.fit_variant(cfg, visual.prepare(cfg), cfg.variants[0])
     assert dtypes == {torch.bfloat16 if precision == "bf16" else torch.float16}
     assert all(math.isfinite(h["loss"]) for h in entry["history"]) and len(set(entry["mapping"])) == 10
@@ -138,13 +147,23 @@ def test_fp32_on_a_cpu_enters_no_autocast_context(weights, monkeypatch) -> None:
 
 
 def test_several_sources_per_class_through_the_recipe(weights) -> None:
-    cfg = load_config("vp/micro_otlm", tiny(weights, "train.epochs=1", "variants=[{name: otlm, options: "
-                                            "{sources_per_class: 3}}, {name: ilm, options: {sources_per_class: 2}}]"))
+    cfg = load_config(
+        "vp/micro_otlm",
+        tiny(
+            weights,
+            "train.epochs=1",
+            "variants=[{name: otlm, options: "
+            "{sources_per_class: 3}}, {name: ilm, options: {sources_per_class: 2}}]",
+        ),
+    )
     prepared = visual.prepare(cfg)
     otlm, ilm = (visual.fit_variant(cfg, prepared, v) for v in cfg.variants)
     assert len(otlm["mapping"]) == 10 and all(len(row) == 3 for row in otlm["mapping"])
     assert len({s for row in otlm["mapping"] for s in row}) == 30
     assert all(len(row) == 2 for row in ilm["mapping"]) and " + " in ilm["mapped_names"][0]
     with pytest.raises(Exception, match="sources_per_class"):
-        visual.prepare(load_config("vp/micro_otlm", tiny(weights, "variants=[{name: flm, options: "
-                                                         "{sources_per_class: 200}}]")))
+        visual.prepare(
+            load_config(
+                "vp/micro_otlm", tiny(weights, "variants=[{name: flm, options: {sources_per_class: 200}}]")
+            )
+        )

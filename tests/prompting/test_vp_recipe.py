@@ -20,8 +20,17 @@ from madapt.recipes import run_experiment
 from madapt.runs import Checkpointer, save_tensors
 
 catalog.load_all()
-VARIANTS = ["hardcoded", "random", "flm", "ilm", "otlm", "otlm_train_pass", "ilm_train_pass",
-            "linear_probe", "full_finetune"]
+VARIANTS = [
+    "hardcoded",
+    "random",
+    "flm",
+    "ilm",
+    "otlm",
+    "otlm_train_pass",
+    "ilm_train_pass",
+    "linear_probe",
+    "full_finetune",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +42,18 @@ def weights(tmp_path_factory) -> Path:
 
 
 def tiny(weights: Path, *extra: str) -> list[str]:
-    return ["backbone=madapt-tiny-resnet50", f"weights={weights}", "data.name=digits",
-            "data.train_per_class=3", "data.val_per_class=2", "data.test_per_class=2", "train.epochs=2",
-            "train.batch_size=8",
-            "eval_batch_size=64", *extra]
+    return [
+        "backbone=madapt-tiny-resnet50",
+        f"weights={weights}",
+        "data.name=digits",
+        "data.train_per_class=3",
+        "data.val_per_class=2",
+        "data.test_per_class=2",
+        "train.epochs=2",
+        "train.batch_size=8",
+        "eval_batch_size=64",
+        *extra,
+    ]
 
 
 def quiet() -> Console:
@@ -67,8 +84,11 @@ def test_every_variant_gets_a_result_and_the_report_is_written(weights, tmp_path
 
 
 def test_resume_after_a_crash_reproduces_the_uninterrupted_run(weights, tmp_path, monkeypatch) -> None:
-    args = tiny(weights, "train.epochs=3",
-                "variants=[otlm, {name: ilm, mapping_source: train_pass}, linear_probe, random]")
+    args = tiny(
+        weights,
+        "train.epochs=3",
+        "variants=[otlm, {name: ilm, mapping_source: train_pass}, linear_probe, random]",
+    )
     clean = run_experiment("vp/micro_otlm", args, tmp_path / "clean", False, quiet())
     calls = {"n": 0}
     save = Checkpointer.save
@@ -121,16 +141,27 @@ def test_vpt_deep_variant_trains_only_prompt_tokens(tmp_path) -> None:
     path = tmp_path / "vit.safetensors"
     vit = load_classifier("madapt-tiny-vit").model
     save_tensors(path, vit.state_dict())
-    args = ["backbone=madapt-tiny-vit", f"weights={path}", "data.name=digits", "data.train_per_class=2",
-                   "data.test_per_class=1", "train.epochs=1", "prompt.kind=vpt_deep", "prompt.tokens=3",
-                   "variants=[otlm]"]
+    args = [
+        "backbone=madapt-tiny-vit",
+        f"weights={path}",
+        "data.name=digits",
+        "data.train_per_class=2",
+        "data.test_per_class=1",
+        "train.epochs=1",
+        "prompt.kind=vpt_deep",
+        "prompt.tokens=3",
+        "variants=[otlm]",
+    ]
     cfg = load_config("vp/micro_otlm", args)
     entry = visual.fit_variant(cfg, visual.prepare(cfg), cfg.variants[0])
     assert entry["trainable_params"] == len(vit.blocks) * 3 * vit.embed_dim
     assert len(set(entry["mapping"])) == 10
     with pytest.raises(ConfigError, match="VisionTransformer"):
-        visual.prepare(load_config("vp/micro_otlm", ["prompt.kind=vpt_deep", "data.train_per_class=1",
-                                                     "data.test_per_class=1"]))
+        visual.prepare(
+            load_config(
+                "vp/micro_otlm", ["prompt.kind=vpt_deep", "data.train_per_class=1", "data.test_per_class=1"]
+            )
+        )
 
 
 def test_vpt_deep_on_swin_trains_the_prompt_tokens_of_every_block(tmp_path) -> None:
@@ -139,9 +170,20 @@ def test_vpt_deep_on_swin_trains_the_prompt_tokens_of_every_block(tmp_path) -> N
     path = tmp_path / "swin.safetensors"
     swin = load_classifier("madapt-tiny-swin").model
     save_tensors(path, swin.state_dict())
-    cfg = load_config("vp/micro_otlm", ["backbone=madapt-tiny-swin", f"weights={path}", "data.name=digits",
-                                        "data.train_per_class=2", "data.test_per_class=1", "train.epochs=1",
-                                        "prompt.kind=vpt_deep", "prompt.tokens=3", "variants=[otlm]"])
+    cfg = load_config(
+        "vp/micro_otlm",
+        [
+            "backbone=madapt-tiny-swin",
+            f"weights={path}",
+            "data.name=digits",
+            "data.train_per_class=2",
+            "data.test_per_class=1",
+            "train.epochs=1",
+            "prompt.kind=vpt_deep",
+            "prompt.tokens=3",
+            "variants=[otlm]",
+        ],
+    )
     entry = visual.fit_variant(cfg, visual.prepare(cfg), cfg.variants[0])
     widths = [info["num_chs"] for info in swin.feature_info]
     assert entry["trainable_params"] == sum(len(s.blocks) * 3 * w for s, w in zip(swin.layers, widths))
@@ -164,10 +206,21 @@ def test_more_target_than_source_classes_is_a_config_error(tmp_path, monkeypatch
     torch.manual_seed(0)
     path = tmp_path / "five.safetensors"
     save_tensors(path, load_classifier("madapt-tiny-resnet50", num_classes=5).model.state_dict())
-    monkeypatch.setitem(registry._ENTRIES["backbone"], "tiny-five",
-                        functools.partial(load_classifier, "madapt-tiny-resnet50", num_classes=5))
-    cfg = load_config("vp/micro_otlm", ["backbone=tiny-five", f"weights={path}", "data.name=digits",
-                                        "data.train_per_class=1", "data.test_per_class=1"])
+    monkeypatch.setitem(
+        registry._ENTRIES["backbone"],
+        "tiny-five",
+        functools.partial(load_classifier, "madapt-tiny-resnet50", num_classes=5),
+    )
+    cfg = load_config(
+        "vp/micro_otlm",
+        [
+            "backbone=tiny-five",
+            f"weights={path}",
+            "data.name=digits",
+            "data.train_per_class=1",
+            "data.test_per_class=1",
+        ],
+    )
     with pytest.raises(ConfigError, match="n_target \\* sources_per_class <= n_source"):
         visual.prepare(cfg)
 
@@ -184,8 +237,16 @@ def test_real_data_needs_data_root_and_its_layout(weights, tmp_path) -> None:
 
 
 def test_shots_fraction_subsamples_the_training_set(weights) -> None:
-    cfg = load_config("vp/micro_otlm", tiny(weights, "data.train_per_class=20", "data.shots_fraction=0.1",
-                                            "train.epochs=1", "variants=[hardcoded, {name: flm, shots_fraction: 0.05}]"))
+    cfg = load_config(
+        "vp/micro_otlm",
+        tiny(
+            weights,
+            "data.train_per_class=20",
+            "data.shots_fraction=0.1",
+            "train.epochs=1",
+            "variants=[hardcoded, {name: flm, shots_fraction: 0.05}]",
+        ),
+    )
     prepared = visual.prepare(cfg)
     entries = [visual.fit_variant(cfg, prepared, v) for v in cfg.variants]
     assert [e["train_images"] for e in entries] == [20, 10]  # 2 and 1 of 20 per class
@@ -201,7 +262,8 @@ def test_every_vp_preset_validates_once_weights_and_data_root_are_given() -> Non
     assert load_config("vp/micro_otlm").variants[0].name == "hardcoded"
     table_6_8 = ["cub200", "flowers102", "nabirds", "stanford_cars", "stanford_dogs"]
     assert [n for n in vp_presets if n.startswith("vp/vpt_otlm_swinb22k_")] == [
-        f"vp/vpt_otlm_swinb22k_{d}" for d in table_6_8]
+        f"vp/vpt_otlm_swinb22k_{d}" for d in table_6_8
+    ]
     for name in vp_presets:
         if name.startswith("vp/micro_"):
             assert load_config(name).backbone == "micro-source"  # offline presets need nothing
@@ -216,13 +278,26 @@ def test_every_vp_preset_validates_once_weights_and_data_root_are_given() -> Non
         assert cfg.kind == "visual_prompt"
         if name.startswith("vp/ilmvp_"):  # ILM-VP: expansive prompt, Adam 0.01, 200 epochs, MultiStepLR
             assert cfg.prompt.kind == "expansive" and (t.optimizer, t.lr, t.epochs) == ("adam", 0.01, 200)
-            assert (t.schedule, t.milestones, t.gamma, cfg.precision) == ("multistep", [0.5, 0.72], 0.1, "fp16")
+            assert (t.schedule, t.milestones, t.gamma, cfg.precision) == (
+                "multistep",
+                [0.5, 0.72],
+                0.1,
+                "fp16",
+            )
             assert t.batch_size == (64 if name.endswith("_dtd") else 128) and cfg.seed == 7
             continue
-        assert t.optimizer == "sgd" and t.momentum == 0.9 and t.batch_size == 128 and t.selection == "best_val"
-        if name.startswith("vp/vpt_otlm_"):  # §6.5.3: SGD lr 0.1, weight decay 1e-4, 100 epochs; VPT's warm-up
+        assert (
+            t.optimizer == "sgd" and t.momentum == 0.9 and t.batch_size == 128 and t.selection == "best_val"
+        )
+        if name.startswith(
+            "vp/vpt_otlm_"
+        ):  # §6.5.3: SGD lr 0.1, weight decay 1e-4, 100 epochs; VPT's warm-up
             assert cfg.prompt.kind == "vpt_deep" and t.lr == 0.1 and t.weight_decay == 1e-4
-            assert t.epochs == 100 and t.warmup_epochs == 10 and [v.name for v in cfg.variants] == ["flm", "ilm", "otlm"]
+            assert (
+                t.epochs == 100
+                and t.warmup_epochs == 10
+                and [v.name for v in cfg.variants] == ["flm", "ilm", "otlm"]
+            )
         else:  # the thesis' VP framework: Bahng et al.'s PadPrompter and warm-up + cosine
             assert (cfg.prompt.kind, cfg.prompt.pad, t.warmup_steps, t.weight_decay) == ("pad", 30, 1000, 0.0)
         if "vitb22k" in name and not name.startswith("vp/vpt"):

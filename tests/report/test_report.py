@@ -71,10 +71,14 @@ def test_accuracy_matrix_rows_follow_table_3_5_layout() -> None:
 
 def test_write_report_contains_tables_and_relative_image_links(tmp_path: Path) -> None:
     image = tmp_path / "plots" / "accuracy_matrix.png"
-    path = write_report(tmp_path, "Run: zscl", [
-        Section("Summary", text="Three metrics.", rows=ROWS, digits=2),
-        Section("Accuracy matrix", rows=accuracy_matrix_rows(ACC, NAMES), images=[image, "curve.png"]),
-    ])
+    path = write_report(
+        tmp_path,
+        "Run: zscl",
+        [
+            Section("Summary", text="Three metrics.", rows=ROWS, digits=2),
+            Section("Accuracy matrix", rows=accuracy_matrix_rows(ACC, NAMES), images=[image, "curve.png"]),
+        ],
+    )
     assert path == tmp_path / "report.md"
     text = path.read_text(encoding="utf-8")
     assert text.startswith("# Run: zscl\n")
@@ -92,10 +96,13 @@ def test_write_report_contains_tables_and_relative_image_links(tmp_path: Path) -
 def test_image_links_for_cwd_relative_and_run_relative_paths(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     run_dir = Path("runs") / "demo"
-    text = render_report("t", [Section("s", images=[run_dir / "heat.png", "plots/curve.png",
-                                                    tmp_path / "elsewhere.png"])], run_dir)
-    assert "![heat](heat.png)" in text              # a path the caller can open, inside the run
-    assert "![curve](plots/curve.png)" in text      # a name relative to the run folder
+    text = render_report(
+        "t",
+        [Section("s", images=[run_dir / "heat.png", "plots/curve.png", tmp_path / "elsewhere.png"])],
+        run_dir,
+    )
+    assert "![heat](heat.png)" in text  # a path the caller can open, inside the run
+    assert "![curve](plots/curve.png)" in text  # a name relative to the run folder
     assert "![elsewhere](../../elsewhere.png)" in text
 
 
@@ -120,8 +127,9 @@ def test_heatmap_has_one_annotation_per_cell_with_the_values() -> None:
 
 def test_accuracy_heatmap_writes_a_valid_png(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    path = accuracy_heatmap(rng.uniform(0, 100, (11, 11)), [f"d{i}" for i in range(11)],
-                            tmp_path / "sub" / "heat.png", "MTIL")
+    path = accuracy_heatmap(
+        rng.uniform(0, 100, (11, 11)), [f"d{i}" for i in range(11)], tmp_path / "sub" / "heat.png", "MTIL"
+    )
     height, width, channels = _png_shape(path)
     assert channels in (3, 4) and width > 400 and height > 300
     assert sorted(p.name for p in path.parent.iterdir()) == ["heat.png"]

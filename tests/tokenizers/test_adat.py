@@ -37,9 +37,16 @@ def corpus_file(tmp_path_factory) -> Path:
 
 
 def tiny(corpus: Path, **extra) -> adat.AdatConfig:
-    data = dict(kind="adat", corpus=str(corpus), initial_vocab=700, target_vocab=500, rounds=2,
-                round_train_tokens=300, lm=dict(seq_len=16, batch_size=4, eval_batch_size=16),
-                evaluate=dict(enabled=False))
+    data = dict(
+        kind="adat",
+        corpus=str(corpus),
+        initial_vocab=700,
+        target_vocab=500,
+        rounds=2,
+        round_train_tokens=300,
+        lm=dict(seq_len=16, batch_size=4, eval_batch_size=16),
+        evaluate=dict(enabled=False),
+    )
     data.update(extra)
     return adat.AdatConfig.model_validate(data)
 
@@ -74,12 +81,19 @@ def test_every_experiment_preset_validates(name: str) -> None:
 
 
 def test_presets_cover_the_remaining_experiments() -> None:
-    full = {name: load_config(f"adat/{name}", ["corpus=/data/x.jsonl"]) for name in PRESETS
-            if not name.startswith("micro")}
+    full = {
+        name: load_config(f"adat/{name}", ["corpus=/data/x.jsonl"])
+        for name in PRESETS
+        if not name.startswith("micro")
+    }
     assert {c.lm.preset for c in full.values()} == {"pythia-70m", "pythia-160m", "pythia-410m"}  # Table 5.2
     transfer = {(c.lm.preset, c.evaluate.lm.preset) for c in full.values() if c.evaluate.lm is not None}
-    assert transfer == {("pythia-70m", "pythia-160m"), ("pythia-70m", "pythia-410m"),
-                        ("pythia-410m", "pythia-70m"), ("pythia-410m", "pythia-160m")}  # Table 5.3
+    assert transfer == {
+        ("pythia-70m", "pythia-160m"),
+        ("pythia-70m", "pythia-410m"),
+        ("pythia-410m", "pythia-70m"),
+        ("pythia-410m", "pythia-160m"),
+    }  # Table 5.3
     assert {c.target_vocab for c in full.values()} == {30000, 50000}  # Table 5.4
     assert {c.initial_vocab for c in full.values()} == {75000, 100000, 150000, 200000}  # Tables 5.5/5.11
     assert {c.rounds for c in full.values()} == {3, 5, 7}  # Table 5.10
@@ -88,12 +102,15 @@ def test_presets_cover_the_remaining_experiments() -> None:
     assert {v.balance for c in full.values() for v in c.variants} == {"ratio", "diff", "logdiff"}
 
 
-@pytest.mark.parametrize("extra,match", [
-    (dict(target_vocab=800), "larger than initial_vocab"),
-    (dict(schedule=[650, 550]), "not target_vocab 500"),
-    (dict(schedule=[750, 500]), "grows"),
-    (dict(variants=[{"name": "unigram"}]), "baseline name"),
-])
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (dict(target_vocab=800), "larger than initial_vocab"),
+        (dict(schedule=[650, 550]), "not target_vocab 500"),
+        (dict(schedule=[750, 500]), "grows"),
+        (dict(variants=[{"name": "unigram"}]), "baseline name"),
+    ],
+)
 def test_bad_schedules_are_config_errors(corpus_file: Path, extra: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         tiny(corpus_file, **extra)
@@ -161,7 +178,9 @@ def test_viterbi_counts_match_sentencepiece(prepared) -> None:
     np.testing.assert_array_equal(counts[matchable], expected[matchable])
 
 
-def test_rounds_score_absent_pieces_on_unseen_text_and_report_the_length_ratio(prepared, tmp_path: Path) -> None:
+def test_rounds_score_absent_pieces_on_unseen_text_and_report_the_length_ratio(
+    prepared, tmp_path: Path
+) -> None:
     cfg = tiny(Path("unused"))
     _, history = adat.run_rounds(cfg, cfg.variants[0], prepared, RunFolder(tmp_path).checkpoints)
     for h in history:
@@ -206,8 +225,9 @@ def test_resume_after_an_interrupted_round_reproduces_the_vocabulary(prepared, t
         adat.run_rounds(cfg, variant, prepared, checkpoints, on_round=kill)
     assert checkpoints.load().unit == {"round": 1}
     rounds_run = []
-    resumed, history = adat.run_rounds(cfg, variant, prepared, checkpoints,
-                                       on_round=lambda r, e: rounds_run.append(r))
+    resumed, history = adat.run_rounds(
+        cfg, variant, prepared, checkpoints, on_round=lambda r, e: rounds_run.append(r)
+    )
     assert rounds_run == [2] and len(history) == 2
     # round 2 read on from where round 1 stopped, also after the restart (the cursor is checkpointed)
     assert history[1]["train_first_doc"] == history[0]["train_first_doc"] + history[0]["train_docs"] > 0
@@ -219,10 +239,12 @@ def test_resume_after_an_interrupted_round_reproduces_the_vocabulary(prepared, t
 
 def test_balance_function_changes_what_is_pruned(prepared, tmp_path: Path) -> None:
     cfg = tiny(Path("unused"), rounds=1)
-    ratio, _ = adat.run_rounds(cfg, adat.VariantConfig(balance="ratio"), prepared,
-                               RunFolder(tmp_path / "r").checkpoints)
-    diff, _ = adat.run_rounds(cfg, adat.VariantConfig(balance="diff"), prepared,
-                              RunFolder(tmp_path / "d").checkpoints)
+    ratio, _ = adat.run_rounds(
+        cfg, adat.VariantConfig(balance="ratio"), prepared, RunFolder(tmp_path / "r").checkpoints
+    )
+    diff, _ = adat.run_rounds(
+        cfg, adat.VariantConfig(balance="diff"), prepared, RunFolder(tmp_path / "d").checkpoints
+    )
     assert UnigramModel.from_sentencepiece(ratio).pieces != UnigramModel.from_sentencepiece(diff).pieces
 
 
@@ -238,7 +260,8 @@ def test_recipe_run_and_report_with_evaluation(corpus_file: Path, prepared, tmp_
     assert len({r["train_steps"] for r in results["evaluation"].values()}) == 1
     assert all(r["vocab_size"] == 500 for r in results["evaluation"].values())
     assert results["beats_unigram_bpb"]["adat"] == (
-        results["evaluation"]["adat"]["bits_per_byte"] < results["evaluation"]["unigram"]["bits_per_byte"])
+        results["evaluation"]["adat"]["bits_per_byte"] < results["evaluation"]["unigram"]["bits_per_byte"]
+    )
     assert results["variants"]["adat"]["roundtrip_lossless"] is True
     assert (folder.path / "adat" / "tokenizer.model").is_file()
     assert (folder.path / "adat" / "tokenizer.json").is_file()
@@ -253,8 +276,13 @@ def test_cli_reports_a_too_small_corpus_in_one_line(tmp_path: Path) -> None:
     src = Path(__file__).resolve().parents[2] / "src"
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "madapt.cli", "run", "adat/micro", f"corpus={small}",
-                             "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "madapt.cli", "run", "adat/micro", f"corpus={small}", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "too small to train a 8000-piece" in lines[0] and not out.exists()
@@ -263,7 +291,12 @@ def test_cli_reports_a_too_small_corpus_in_one_line(tmp_path: Path) -> None:
 def test_seed_summary_is_mean_and_sample_std_with_the_paired_difference() -> None:
     def result(adat_bpb: float, uni_bpb: float) -> dict:
         row = {"bytes_per_token": 3.0, "token_ppl": 9.0, "train_steps": 100}
-        return {"evaluation": {"adat": {**row, "bits_per_byte": adat_bpb}, "unigram": {**row, "bits_per_byte": uni_bpb}}}
+        return {
+            "evaluation": {
+                "adat": {**row, "bits_per_byte": adat_bpb},
+                "unigram": {**row, "bits_per_byte": uni_bpb},
+            }
+        }
 
     summary = seed_summary({"0": result(2.0, 2.1), "1": result(2.2, 2.1), "2": result(2.1, 2.3)})
     assert summary["tokenizers"]["adat"]["bits_per_byte"]["mean"] == pytest.approx(2.1)
@@ -281,8 +314,12 @@ def test_seeds_override_from_the_command_line() -> None:
 
 @pytest.mark.slow
 def test_several_seeds_run_in_their_folders_and_resume(corpus_file: Path, tmp_path: Path) -> None:
-    cfg = tiny(corpus_file, rounds=1, seeds=[0, 1], evaluate=dict(epochs=1, train_bytes=20_000,
-                                                                   baselines=["unigram"]))
+    cfg = tiny(
+        corpus_file,
+        rounds=1,
+        seeds=[0, 1],
+        evaluate=dict(epochs=1, train_bytes=20_000, baselines=["unigram"]),
+    )
     folder = RunFolder(tmp_path / "run")
     folder.start("kind: adat\n")
     results = adat.run(cfg, adat.prepare(cfg), folder, Console(quiet=True))

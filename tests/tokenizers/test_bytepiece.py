@@ -34,16 +34,21 @@ def ngrams(parts: list[bytes]) -> bp.NgramModel:
 
 
 def as_dict(ngrams: bp.NgramModel) -> dict[bytes, float]:
-    return {int(c).to_bytes(8, "little")[:n]: float(lp)
-            for n, (codes, logp) in enumerate(ngrams.tables, start=1) for c, lp in zip(codes, logp)}
+    return {
+        int(c).to_bytes(8, "little")[:n]: float(lp)
+        for n, (codes, logp) in enumerate(ngrams.tables, start=1)
+        for c, lp in zip(codes, logp)
+    }
 
 
 def documented_viterbi(text: bytes, logp: dict[bytes, float], order: int) -> list[bytes]:
     """The n-gram segmentation as the BytePiece README/blog describe it, one chunk, plain loops:
     state j = bytes of the current piece before this one (the last state loops)."""
     n = len(text)
-    node = [[logp.get(text[i - j:i + 1], -math.inf) if i >= j else -math.inf for j in range(order)]
-            for i in range(n)]
+    node = [
+        [logp.get(text[i - j : i + 1], -math.inf) if i >= j else -math.inf for j in range(order)]
+        for i in range(n)
+    ]
     for i in range(n):
         if 128 <= text[i] < 192:  # ensure_unicode: no piece starts on a continuation byte
             node[i][0] = -math.inf
@@ -74,7 +79,7 @@ def test_chunks_are_lines_with_their_newlines() -> None:
 
 
 def test_ngram_model_is_conditional_log_counts(parts: list[bytes], ngrams: bp.NgramModel) -> None:
-    counts = Counter(p[i:i + n] for p in parts for n in range(1, 7) for i in range(len(p) - n + 1))
+    counts = Counter(p[i : i + n] for p in parts for n in range(1, 7) for i in range(len(p) - n + 1))
     total = sum(len(p) for p in parts) + sum(1 for b in range(256) if bytes([b]) not in counts)
     logp = as_dict(ngrams)
     assert all(bytes([b]) in logp for b in range(256))  # every byte, seen or not
@@ -119,7 +124,9 @@ def test_sentencepiece_form_has_the_size_and_segments_like_bytepiece(texts: list
     model_pieces = bp.cut(full, 1200 - 1 - sum(1 for p in pieces if len(p) == 1 and ord(p) < 128))
     ascii_docs = [t for t in held if t.isascii() and "\u2581" not in t][:40]
     ours = bp.split_pieces(model_pieces, [(t.encode(), 1) for t in ascii_docs])
-    theirs = Counter(p.replace("\u2581", " ").encode() for t in ascii_docs for p in sp.encode(t, out_type=str))
+    theirs = Counter(
+        p.replace("\u2581", " ").encode() for t in ascii_docs for p in sp.encode(t, out_type=str)
+    )
     agree = sum(min(ours[k], theirs[k]) for k in theirs) / sum(theirs.values())
     assert agree > 0.97
 
@@ -130,10 +137,19 @@ def test_adat_starts_from_a_bytepiece_vocabulary(tmp_path) -> None:
 
     corpus = tmp_path / "docs.txt"
     corpus.write_text("\n".join(read_texts("stdlib_docstrings")[0][:400]) + "\n", encoding="utf-8")
-    cfg = adat.AdatConfig.model_validate({
-        "kind": "adat", "corpus": str(corpus), "initial": "bytepiece", "initial_vocab": 800, "target_vocab": 650,
-        "rounds": 1, "round_train_tokens": 300, "lm": {"seq_len": 16, "batch_size": 4, "eval_batch_size": 16},
-        "evaluate": {"enabled": False}})
+    cfg = adat.AdatConfig.model_validate(
+        {
+            "kind": "adat",
+            "corpus": str(corpus),
+            "initial": "bytepiece",
+            "initial_vocab": 800,
+            "target_vocab": 650,
+            "rounds": 1,
+            "round_train_tokens": 300,
+            "lm": {"seq_len": 16, "batch_size": 4, "eval_batch_size": 16},
+            "evaluate": {"enabled": False},
+        }
+    )
     data = adat.prepare(cfg)
     initial = list(bp.read_model_proto(data.initial_proto).pieces)
     assert len(initial) == 800 and any("▁" in p.piece[1:] for p in initial)  # BytePiece's cross-word pieces

@@ -53,9 +53,15 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tmp_path_factory.mktemp("tok")
     sp_path, json_path = export(proto, pruned, folder)
     return {
-        "initial": initial, "pruned": pruned, "n_remove": n_remove, "sentences": sentences, "folder": folder,
-        "sp": spm.SentencePieceProcessor(model_file=str(sp_path)), "sp_path": sp_path,
-        "hf": PreTrainedTokenizerFast(tokenizer_file=str(json_path)), "auto": AutoTokenizer.from_pretrained(folder),
+        "initial": initial,
+        "pruned": pruned,
+        "n_remove": n_remove,
+        "sentences": sentences,
+        "folder": folder,
+        "sp": spm.SentencePieceProcessor(model_file=str(sp_path)),
+        "sp_path": sp_path,
+        "hf": PreTrainedTokenizerFast(tokenizer_file=str(json_path)),
+        "auto": AutoTokenizer.from_pretrained(folder),
     }
 
 
@@ -80,9 +86,16 @@ def test_folder_is_save_pretrained_style_with_special_tokens(exported: dict) -> 
     assert {p.name for p in folder.iterdir()} == {"tokenizer.model", *HF_FILES}
     special_map = json.loads((folder / "special_tokens_map.json").read_text(encoding="utf-8"))
     assert {k: v if isinstance(v, str) else v["content"] for k, v in special_map.items()} == {
-        "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
-    assert (auto.unk_token_id, auto.bos_token_id, auto.eos_token_id, auto.pad_token_id) == (
-        sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id()) == (0, 1, 2, 3)
+        "unk_token": "<unk>",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "pad_token": "<pad>",
+    }
+    assert (
+        (auto.unk_token_id, auto.bos_token_id, auto.eos_token_id, auto.pad_token_id)
+        == (sp.unk_id(), sp.bos_id(), sp.eos_id(), sp.pad_id())
+        == (0, 1, 2, 3)
+    )
     batch = auto(["short", "a much longer text"], padding=True)
     assert batch["input_ids"][0][-1] == sp.pad_id() and batch["attention_mask"][0][-1] == 0
 
@@ -96,8 +109,17 @@ def test_missing_byte_pieces_are_added(exported: dict) -> None:
     assert len(proto.pieces) == len(model.pieces)
 
 
-EXTRA = ["", " ", "  two  spaces ", "tab\tand\nnewline", "Grüße, 世界 😀!", "tokenizer" * 5, "a\u2581b ▁▁",
-         "\ue000 1 \ue0001", " leading"]
+EXTRA = [
+    "",
+    " ",
+    "  two  spaces ",
+    "tab\tand\nnewline",
+    "Grüße, 世界 😀!",
+    "tokenizer" * 5,
+    "a\u2581b ▁▁",
+    "\ue000 1 \ue0001",
+    " leading",
+]
 
 
 def test_both_formats_segment_identically(exported: dict) -> None:
@@ -113,20 +135,26 @@ def test_special_tokens_get_no_stray_space_marker(exported: dict) -> None:
         tokens = auto.convert_ids_to_tokens(ids)
         for before, after in pairwise(tokens):
             if before in SPECIALS:
-                assert not (after.startswith("▁") and not text.split(before, 1)[1].startswith(" ")), (text, tokens)
+                assert not (after.startswith("▁") and not text.split(before, 1)[1].startswith(" ")), (
+                    text,
+                    tokens,
+                )
         assert auto.decode(ids) == text
     ids = auto("<s>hello")["input_ids"]
     assert ids[0] == sp.bos_id() and ids[1:] == sp.encode("hello")
 
 
 SPECIAL_TEXT = st.sampled_from([*SPECIALS, "\u2581", "\ue000", " ", "\n", "\t", "1", "2"])
-TEXT = st.lists(st.one_of(SPECIAL_TEXT, st.text(st.characters(blacklist_categories=("Cs",)), max_size=6)),
-                max_size=10).map("".join)
+TEXT = st.lists(
+    st.one_of(SPECIAL_TEXT, st.text(st.characters(blacklist_categories=("Cs",)), max_size=6)), max_size=10
+).map("".join)
 
 
 @settings(max_examples=150, deadline=None)
 @given(text=TEXT)
-def test_round_trip_over_any_text_in_both_formats_and_through_auto_tokenizer(exported: dict, text: str) -> None:
+def test_round_trip_over_any_text_in_both_formats_and_through_auto_tokenizer(
+    exported: dict, text: str
+) -> None:
     sp, hf, auto = exported["sp"], exported["hf"], exported["auto"]
     ids = sp.encode(text)
     assert sp.decode(ids) == text  # U+2581 included: the escape of `units`
@@ -140,9 +168,18 @@ def test_a_dummy_prefix_model_still_segments_like_sentencepiece() -> None:
     """Models trained elsewhere with sentencepiece's defaults (dummy prefix, no escape)."""
     buffer = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(training_sentences(600)), model_writer=buffer, model_type="unigram",
-        vocab_size=300, byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        character_coverage=1.0, hard_vocab_limit=False, num_threads=1, minloglevel=2)
+        sentence_iterator=iter(training_sentences(600)),
+        model_writer=buffer,
+        model_type="unigram",
+        vocab_size=300,
+        byte_fallback=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        num_threads=1,
+        minloglevel=2,
+    )
     sp = spm.SentencePieceProcessor(model_proto=buffer.getvalue())
     tok = hf_tokenizer(buffer.getvalue())
     for text in training_sentences(50) + ["  two  spaces ", "tab\tand\nnewline", "Grüße 😀"]:

@@ -97,7 +97,7 @@ def test_take_tokens_cycles_to_the_requested_length(proto: bytes, corpus: list[s
     assert len(ids) == 1000
     one_pass = stream(sp_encoder(sp), corpus[:3], SEP)
     assert ids[: len(one_pass)].tolist() == one_pass  # Viterbi: passes repeat exactly
-    assert ids[len(one_pass): 2 * len(one_pass)].tolist() == one_pass
+    assert ids[len(one_pass) : 2 * len(one_pass)].tolist() == one_pass
     lengths, total, expected_used = [len(sp.encode(t)) + 1 for t in corpus[:3]], 0, 0
     while total < 1000:  # whole documents until the budget is met, the last one cut short
         total, expected_used = total + lengths[expected_used % 3], expected_used + 1
@@ -141,21 +141,38 @@ def test_auto_alpha_keeps_the_sampled_length_within_the_bound(proto: bytes, corp
     # ... and a smaller alpha would have broken it (the smallest alpha under the bound is chosen)
     looser = SegmentationSampler.from_proto(proto, alpha / 1.6)
     assert length_ratio(looser, viterbi, corpus[200:400], np.random.default_rng(5)) > 1.15
-    lm = piece_lm_loss(proto, corpus[:300], corpus[300:320], train_tokens=2000,
-                       settings=LMSettings(seq_len=32, batch_size=4), seed=0, alpha=None, calibration_docs=100)
+    lm = piece_lm_loss(
+        proto,
+        corpus[:300],
+        corpus[300:320],
+        train_tokens=2000,
+        settings=LMSettings(seq_len=32, batch_size=4),
+        seed=0,
+        alpha=None,
+        calibration_docs=100,
+    )
     assert lm.calibration_ratio is not None and lm.calibration_ratio <= 1.15 and lm.length_ratio <= 1.2
 
 
-def test_pieces_absent_from_the_slice_are_scored_on_unseen_training_text(proto: bytes, corpus: list[str]) -> None:
+def test_pieces_absent_from_the_slice_are_scored_on_unseen_training_text(
+    proto: bytes, corpus: list[str]
+) -> None:
     sp = spm.SentencePieceProcessor(model_proto=proto)
     train, score = corpus[:300], corpus[300:310]
     in_slice = np.zeros(sp.get_piece_size(), bool)
     in_slice[[i for ids in sp.encode(score) for i in ids]] = True
     wanted = np.zeros(sp.get_piece_size(), bool)
-    wanted[sp.get_piece_size() // 2:] = True  # some in the slice, most not
+    wanted[sp.get_piece_size() // 2 :] = True  # some in the slice, most not
     reader = CyclicReader.over(train)
-    lm = piece_lm_loss(proto, reader, score, train_tokens=600, settings=LMSettings(seq_len=32, batch_size=4),
-                       seed=0, evidence=EvidenceSearch(len(train), token_fraction=50.0, wanted=wanted))
+    lm = piece_lm_loss(
+        proto,
+        reader,
+        score,
+        train_tokens=600,
+        settings=LMSettings(seq_len=32, batch_size=4),
+        seed=0,
+        evidence=EvidenceSearch(len(train), token_fraction=50.0, wanted=wanted),
+    )
     first_unseen = reader.position  # the round trained on train[:first_unseen]
     assert 0 < first_unseen < 100 and lm.evidence is not None and lm.evidence_docs > 0
     got = lm.evidence.count.numpy() > 0

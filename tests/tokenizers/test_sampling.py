@@ -27,8 +27,24 @@ from madapt.tokenizers.evaluate import train_unigram
 from madapt.tokenizers.sampling import SegmentationSampler
 from madapt.tokenizers.unigram import CONTROL, NORMAL, UNK_PENALTY, UNKNOWN, UnigramModel, viterbi
 
-PIECES = ["<unk>", "<s>", "▁", "a", "b", "c", "ab", "bc", "ca", "abc", "▁a", "▁ab", "▁c", "bca",
-          "cab", "▁abc"]
+PIECES = [
+    "<unk>",
+    "<s>",
+    "▁",
+    "a",
+    "b",
+    "c",
+    "ab",
+    "bc",
+    "ca",
+    "abc",
+    "▁a",
+    "▁ab",
+    "▁c",
+    "bca",
+    "cab",
+    "▁abc",
+]
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
@@ -75,7 +91,9 @@ def chi_square_pvalue(observed: Counter, expected_probs: dict[tuple[str, ...], f
     big = [k for k in keys if expected_probs[k] * n >= 5]
     small = [k for k in keys if expected_probs[k] * n < 5]
     obs = [observed[k] for k in big] + ([sum(observed[k] for k in small)] if small else [])
-    exp = [expected_probs[k] * n for k in big] + ([sum(expected_probs[k] for k in small) * n] if small else [])
+    exp = [expected_probs[k] * n for k in big] + (
+        [sum(expected_probs[k] for k in small) * n] if small else []
+    )
     return float(chisquare(obs, np.array(exp) * n / sum(exp)).pvalue)
 
 
@@ -106,7 +124,9 @@ def test_sample_frequencies_match_exact_segmentation_probabilities(text: str, al
     sampler = SegmentationSampler(model, alpha)
     word = text.replace(" ", "▁")  # no dummy prefix: the space itself is the "▁"
     n = 20_000
-    draws = Counter(as_pieces(model, word, ids) for ids in sampler.sample([text] * n, np.random.default_rng(0)))
+    draws = Counter(
+        as_pieces(model, word, ids) for ids in sampler.sample([text] * n, np.random.default_rng(0))
+    )
     exact = exact_probabilities(word, model, alpha)
     assert len(exact) >= 7 and len(draws) >= 7
     assert chi_square_pvalue(draws, exact) > 1e-3
@@ -154,7 +174,9 @@ def test_large_alpha_gives_the_viterbi_segmentation(proto: bytes, corpus: list[s
     model = tiny_model(1)
     words = ["abcab", "bcabca", "cabxab", "aaa"]
     sampled = SegmentationSampler(model, alpha=1e4).sample(words, np.random.default_rng(0))
-    assert [as_pieces(model, w, s) for w, s in zip(words, sampled)] == [tuple(p) for p in viterbi(model, words)]
+    assert [as_pieces(model, w, s) for w, s in zip(words, sampled)] == [
+        tuple(p) for p in viterbi(model, words)
+    ]
     # ... and sentencepiece's own Viterbi ids on real text, byte fallback included.
     sp = spm.SentencePieceProcessor(model_proto=proto)
     texts = corpus[400:700] + ["Жx中  two\tspaces ", " ", "a\u2581b\ue000 \n\u00a0"]
@@ -191,8 +213,14 @@ def test_unit_cache_and_without_byte_fallback_runs_of_unknowns_merge() -> None:
 
 def test_without_byte_fallback_unknown_runs_match_sentencepiece(corpus: list[str]) -> None:
     buffer = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus[:400]), model_writer=buffer, model_type="unigram",
-                                   vocab_size=400, character_coverage=0.99, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus[:400]),
+        model_writer=buffer,
+        model_type="unigram",
+        vocab_size=400,
+        character_coverage=0.99,
+        minloglevel=2,
+    )
     proto = buffer.getvalue()
     sp = spm.SentencePieceProcessor(model_proto=proto)
     sampler = SegmentationSampler.from_proto(proto, alpha=1e4)
@@ -203,8 +231,11 @@ def test_without_byte_fallback_unknown_runs_match_sentencepiece(corpus: list[str
 
 def test_a_piece_with_an_inner_space_disables_unit_splitting() -> None:
     pieces = [*PIECES, "a▁b"]
-    model = UnigramModel(pieces, np.log(np.full(len(pieces), 1 / len(pieces))),
-                         [UNKNOWN, CONTROL] + [NORMAL] * (len(pieces) - 2))
+    model = UnigramModel(
+        pieces,
+        np.log(np.full(len(pieces), 1 / len(pieces))),
+        [UNKNOWN, CONTROL] + [NORMAL] * (len(pieces) - 2),
+    )
     sampler = SegmentationSampler(model, alpha=100.0)
     assert sampler.unit_mode == "lines"
     ids = sampler.sample(["ca b"], np.random.default_rng(0))[0]
@@ -217,13 +248,17 @@ def sampler(proto: bytes) -> SegmentationSampler:
 
 
 # Mostly the corpus's own characters (so pieces match), plus any character (bytes, unknowns).
-TEXT = st.text(st.one_of(st.sampled_from(list("etaoinsrhdlcu_.,() \t\n")),
-                         st.characters(blacklist_categories=("Cs",))), max_size=60)
+TEXT = st.text(
+    st.one_of(st.sampled_from(list("etaoinsrhdlcu_.,() \t\n")), st.characters(blacklist_categories=("Cs",))),
+    max_size=60,
+)
 
 
 @settings(max_examples=150, deadline=None)
 @given(text=TEXT, seed=st.integers(0, 2**32))
-def test_decode_of_a_sample_is_the_text(sampler: SegmentationSampler, proto: bytes, text: str, seed: int) -> None:
+def test_decode_of_a_sample_is_the_text(
+    sampler: SegmentationSampler, proto: bytes, text: str, seed: int
+) -> None:
     sp = spm.SentencePieceProcessor(model_proto=proto)
     ids = sampler.sample([text], np.random.default_rng(seed))[0]
     assert sp.decode(ids) == text  # identity normalisation + byte fallback: lossless
@@ -244,26 +279,46 @@ def _driver(tmp: Path) -> Path:
         "runs.Checkpointer.save = save\n"
         "from madapt.cli import main\n"
         "sys.argv = ['madapt', *sys.argv[1:]]\n"
-        "main()\n", encoding="utf-8")
+        "main()\n",
+        encoding="utf-8",
+    )
     return script
 
 
 @pytest.mark.slow
-def test_resume_in_a_new_process_reproduces_the_uninterrupted_vocabulary(corpus: list[str],
-                                                                        tmp_path: Path) -> None:
+def test_resume_in_a_new_process_reproduces_the_uninterrupted_vocabulary(
+    corpus: list[str], tmp_path: Path
+) -> None:
     corpus_file = tmp_path / "docs.txt"
     corpus_file.write_text("\n".join(corpus[:400]) + "\n", encoding="utf-8")
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({
-        "kind": "adat", "corpus": str(corpus_file), "initial_vocab": 700, "target_vocab": 500, "rounds": 2,
-        "round_train_tokens": 600, "lm": {"seq_len": 16, "batch_size": 4, "eval_batch_size": 16},
-        "evaluate": {"enabled": False}}), encoding="utf-8")
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "kind": "adat",
+                "corpus": str(corpus_file),
+                "initial_vocab": 700,
+                "target_vocab": 500,
+                "rounds": 2,
+                "round_train_tokens": 600,
+                "lm": {"seq_len": 16, "batch_size": 4, "eval_batch_size": 16},
+                "evaluate": {"enabled": False},
+            }
+        ),
+        encoding="utf-8",
+    )
 
     def madapt(out: Path, *extra: str, hash_seed: str, driver: Path | None = None):
         env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": hash_seed}
         entry = [str(driver)] if driver else ["-m", "madapt.cli"]
-        return subprocess.run([sys.executable, *entry, "run", str(config), "--out", str(out), *extra],
-                              env=env, capture_output=True, text=True, timeout=600, check=False)
+        return subprocess.run(
+            [sys.executable, *entry, "run", str(config), "--out", str(out), *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
 
     # Different string-hash seeds per process: nothing may depend on set/dict hash order.
     straight = madapt(tmp_path / "straight", hash_seed="1")
@@ -286,7 +341,9 @@ def test_resume_in_a_new_process_reproduces_the_uninterrupted_vocabulary(corpus:
 
     def rounds(run: str) -> list[dict]:
         results = json.loads((tmp_path / run / "results.json").read_text(encoding="utf-8"))
-        return [{k: v for k, v in r.items() if "seconds" not in k} for r in results["variants"]["adat"]["rounds"]]
+        return [
+            {k: v for k, v in r.items() if "seconds" not in k} for r in results["variants"]["adat"]["rounds"]
+        ]
 
     assert rounds("straight") == rounds("resumed")
 
@@ -298,8 +355,9 @@ def viterbi_sampler(proto: bytes) -> SegmentationSampler:
 
 @settings(max_examples=150, deadline=None)
 @given(text=TEXT)
-def test_viterbi_limit_matches_sentencepiece_on_any_text(viterbi_sampler: SegmentationSampler, proto: bytes,
-                                                         text: str) -> None:
+def test_viterbi_limit_matches_sentencepiece_on_any_text(
+    viterbi_sampler: SegmentationSampler, proto: bytes, text: str
+) -> None:
     """Normalisation, unit splitting and byte fallback agree with sentencepiece's encoder."""
     sp = spm.SentencePieceProcessor(model_proto=proto)
     assert viterbi_sampler.sample([text], np.random.default_rng(0))[0] == sp.encode(text)

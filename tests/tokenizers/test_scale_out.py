@@ -160,9 +160,23 @@ def _command(processes: int, out: str) -> list[str]:
     if processes == 1:
         return [sys.executable, *run]
     # --multi_gpu is accelerate's torchrun path; on CPU madapt joins it with gloo (see training.py)
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-            "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(_free_port()), *run]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        *run,
+    ]
 
 
 def _files(run: Path) -> list[str]:
@@ -177,17 +191,21 @@ def test_two_processes_match_the_single_process_run(tmp_path: Path, docs: list[s
     (tmp_path / "cfg.yaml").write_text(
         f"kind: adat\ncorpus: {corpus}\ninitial_vocab: 700\ntarget_vocab: 500\nrounds: 2\n"
         "round_train_tokens: 600\nlm: {seq_len: 16, batch_size: 4, eval_batch_size: 16}\n"
-        "evaluate: {epochs: 1, train_bytes: 10000}\n")
+        "evaluate: {epochs: 1, train_bytes: 10000}\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     for n, out in ((1, "one"), (2, "two")):
-        proc = subprocess.run(_command(n, out), cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=300, check=False)
+        proc = subprocess.run(
+            _command(n, out), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
     assert (one["processes"], two["processes"]) == (1, 2)
     # same final vocabulary, piece for piece
-    final = [UnigramModel.from_sentencepiece(tmp_path / d / "adat" / "tokenizer.model").pieces
-             for d in ("one", "two")]
+    final = [
+        UnigramModel.from_sentencepiece(tmp_path / d / "adat" / "tokenizer.model").pieces
+        for d in ("one", "two")
+    ]
     assert final[0] == final[1] and len(final[0]) == 500
     for r1, r2 in zip(one["variants"]["adat"]["rounds"], two["variants"]["adat"]["rounds"], strict=True):
         for key in ("size_after", "lowest_pruned", "unseen_in_scoring", "train_first_doc", "train_docs"):

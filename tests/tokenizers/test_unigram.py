@@ -32,8 +32,24 @@ from madapt.tokenizers.unigram_round import (
     word_chunks,
 )
 
-PIECES = ["<unk>", "<s>", "▁", "a", "b", "c", "ab", "bc", "ca", "abc", "▁a", "▁ab", "▁c", "bca",
-          "cab", "▁abc"]
+PIECES = [
+    "<unk>",
+    "<s>",
+    "▁",
+    "a",
+    "b",
+    "c",
+    "ab",
+    "bc",
+    "ca",
+    "abc",
+    "▁a",
+    "▁ab",
+    "▁c",
+    "bca",
+    "cab",
+    "▁abc",
+]
 SENTENCES = ["abc ab abca bcab c cab", "ab abc abcabc ca bca", "cabca abab bcbc a", "abc abc ab b"]
 
 

@@ -22,8 +22,18 @@ from madapt.tokenizers.units import (
     whitespace_normalizer,
 )
 
-ODD = ["tab\there", "line one\nline two", "no\u00a0break space", "  two leading", "trailing  ", "\n\n",
-       "a\u2581b", "private \ue000 use", "\ue0001\ue0002", "mixed \t\n\u00a0 \u3000 x"]
+ODD = [
+    "tab\there",
+    "line one\nline two",
+    "no\u00a0break space",
+    "  two leading",
+    "trailing  ",
+    "\n\n",
+    "a\u2581b",
+    "private \ue000 use",
+    "\ue0001\ue0002",
+    "mixed \t\n\u00a0 \u3000 x",
+]
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +81,11 @@ def test_escape_is_exactly_inverted(text: str) -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(text=st.text(st.one_of(st.sampled_from(["\u2581", "\ue000", "1", "2", " ", "\n", "\t"]), CHARS),
-                    max_size=40))
+@given(
+    text=st.text(
+        st.one_of(st.sampled_from(["\u2581", "\ue000", "1", "2", " ", "\n", "\t"]), CHARS), max_size=40
+    )
+)
 def test_sentencepiece_round_trip_includes_u2581(proto: bytes, text: str) -> None:
     sp = spm.SentencePieceProcessor(model_proto=proto)
     assert sp.decode(sp.encode(text)) == text

@@ -46,11 +46,20 @@ PRESETS: dict[str, tuple[int, int, int, int]] = {
 def preset_config(preset: str, vocab_size: int, **overrides: Any) -> GPTNeoXConfig:
     """The `GPTNeoXConfig` of ``preset`` with ``vocab_size`` rows; ``overrides`` win over the preset."""
     if preset not in PRESETS:
-        raise UnknownNameError(f"language model preset '{preset}'", "is not known" + closest(preset, PRESETS),
-                               f"one of {', '.join(PRESETS)}")
+        raise UnknownNameError(
+            f"language model preset '{preset}'",
+            "is not known" + closest(preset, PRESETS),
+            f"one of {', '.join(PRESETS)}",
+        )
     layers, hidden, heads, mlp = PRESETS[preset]
-    fields = dict(PYTHIA_COMMON, num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
-                  intermediate_size=mlp, vocab_size=vocab_size)
+    fields = dict(
+        PYTHIA_COMMON,
+        num_hidden_layers=layers,
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        intermediate_size=mlp,
+        vocab_size=vocab_size,
+    )
     fields.update(overrides)
     return GPTNeoXConfig(**fields)
 
@@ -74,8 +83,9 @@ def vocab_size_of(tokenizer_or_size: Any) -> int:
     return int(size)
 
 
-def build_causal_lm(preset: str, vocab_size: Any, *, seed: int | None = None,
-                    **overrides: Any) -> GPTNeoXForCausalLM:
+def build_causal_lm(
+    preset: str, vocab_size: Any, *, seed: int | None = None, **overrides: Any
+) -> GPTNeoXForCausalLM:
     """A randomly initialised GPT-NeoX for ``preset`` whose embeddings fit ``vocab_size``.
 
     ``vocab_size`` is an int or the tokenizer itself. With ``seed`` the initialisation is drawn

@@ -54,18 +54,23 @@ CLASSIFIERS: dict[str, tuple[str, dict[str, Any], int | None]] = {
     "convnext_base": ("convnext_base", {}, None),
     "madapt-tiny-vit-in21k": (
         "vit_base_patch16_224.augreg_in21k",
-        {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}, 32,
+        {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
+        32,
     ),
     "madapt-tiny-vit": (
         "vit_base_patch16_224.augreg_in1k",
-        {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}, 32,
+        {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
+        32,
     ),
     "madapt-tiny-swin": (
         "swin_base_patch4_window7_224",
-        {"img_size": 32, "embed_dim": 16, "depths": (1, 1), "num_heads": (1, 2), "window_size": 4}, 32,
+        {"img_size": 32, "embed_dim": 16, "depths": (1, 1), "num_heads": (1, 2), "window_size": 4},
+        32,
     ),
     "madapt-tiny-resnet50": (
-        "resnet50", {"layers": (1, 1, 1, 1), "channels": (8, 16, 32, 64), "stem_width": 8}, 32,
+        "resnet50",
+        {"layers": (1, 1, 1, 1), "channels": (8, 16, 32, 64), "stem_width": 8},
+        32,
     ),
     "madapt-tiny-convnext": ("convnext_base", {"depths": (1, 1, 1, 1), "dims": (16, 32, 64, 128)}, 32),
 }
@@ -84,8 +89,9 @@ class ClassifierBackbone:
     classnames: list[str] | None = None  # source class names when the weights come with them
 
 
-def load_classifier(name: str, weights: str | os.PathLike[str] | None = None, *, new_head: bool = False,
-                    **timm_kwargs: Any) -> ClassifierBackbone:
+def load_classifier(
+    name: str, weights: str | os.PathLike[str] | None = None, *, new_head: bool = False, **timm_kwargs: Any
+) -> ClassifierBackbone:
     """Build classifier ``name`` (a preset above or any timm model name) with local ``weights``.
 
     ``weights`` is None (random init from the global torch RNG) or a local file (.safetensors,
@@ -106,8 +112,9 @@ def load_classifier(name: str, weights: str | os.PathLike[str] | None = None, *,
         model = _create_from_file(timm_name, name, file, kwargs, new_head)
     model.eval()
 
-    data_config = resolve_data_config(_size_override(kwargs.get("img_size", side)), model=model,
-                                      use_test_size=True)
+    data_config = resolve_data_config(
+        _size_override(kwargs.get("img_size", side)), model=model, use_test_size=True
+    )
     return ClassifierBackbone(
         model=model,
         mean=tuple(data_config["mean"]),
@@ -129,8 +136,9 @@ def eval_data_config(name: str) -> dict[str, Any]:
     evaluated, so prompts are sized to the test input (224 for every backbone of Table 6.1)."""
     timm_name, kwargs, side = _resolve(name)
     pretrained = timm.models.get_pretrained_cfg(timm_name).to_dict()
-    return resolve_data_config(_size_override(kwargs.get("img_size", side)), pretrained_cfg=pretrained,
-                               use_test_size=True)
+    return resolve_data_config(
+        _size_override(kwargs.get("img_size", side)), pretrained_cfg=pretrained, use_test_size=True
+    )
 
 
 def _resolve(name: str) -> tuple[str, dict[str, Any], int | None]:
@@ -150,8 +158,9 @@ def _known_tag(name: str) -> bool:
     return not tag or name in timm.list_pretrained(base)
 
 
-def _create_from_file(timm_name: str, name: str, file: Any, kwargs: dict[str, Any],
-                      new_head: bool) -> torch.nn.Module:
+def _create_from_file(
+    timm_name: str, name: str, file: Any, kwargs: dict[str, Any], new_head: bool
+) -> torch.nn.Module:
     where = f"weights of classifier {name}"
     overlay: dict[str, Any] = {"file": str(file)}  # takes priority over every hub/url source: no download
     if kwargs.get("num_classes"):  # 0 = headless features: timm dropping the head is then what is asked
@@ -168,20 +177,31 @@ def _create_from_file(timm_name: str, name: str, file: Any, kwargs: dict[str, An
         in_file = _head_only_mismatch(load_err, timm_name)
         if in_file is None:
             first = (str(load_err).strip().splitlines() or [type(load_err).__name__])[0][:200]
-            raise WeightsError(f"{where} '{file}'", f"do not match the architecture: {first}",
-                               f"a checkpoint of {timm_name} with these settings") from None
+            raise WeightsError(
+                f"{where} '{file}'",
+                f"do not match the architecture: {first}",
+                f"a checkpoint of {timm_name} with these settings",
+            ) from None
     in_model = kwargs.get("num_classes") or timm.models.get_pretrained_cfg_value(timm_name, "num_classes")
     if not new_head:
-        raise WeightsError(f"{where} '{file}'",
-                           f"have a {in_file}-way head but the model a {in_model}-way one "
-                           "(label mapping needs the checkpoint's own head)",
-                           f"a checkpoint with a {in_model}-way head, num_classes={in_file} to keep this "
-                           f"one, or new_head=True to train a new {in_model}-way head")
+        raise WeightsError(
+            f"{where} '{file}'",
+            f"have a {in_file}-way head but the model a {in_model}-way one "
+            "(label mapping needs the checkpoint's own head)",
+            f"a checkpoint with a {in_model}-way head, num_classes={in_file} to keep this "
+            f"one, or new_head=True to train a new {in_model}-way head",
+        )
     # Only the head differed (strict load above): let timm load everything else and drop the head.
     overlay["num_classes"] = in_file
     model = timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
-    _log.warning("classifier %s: '%s' has a %d-way head; the %d-way head is new (random init), "
-                 "every other weight is loaded", name, file, in_file, in_model)
+    _log.warning(
+        "classifier %s: '%s' has a %d-way head; the %d-way head is new (random init), "
+        "every other weight is loaded",
+        name,
+        file,
+        in_file,
+        in_model,
+    )
     return model
 
 
@@ -196,8 +216,11 @@ def _head_only_mismatch(err: Exception, timm_name: str) -> int | None:
     """
     text = str(err)
     classifier = timm.models.get_pretrained_cfg_value(timm_name, "classifier") or ()
-    heads = {f"{c}.{p}" for c in ((classifier,) if isinstance(classifier, str) else classifier)
-             for p in ("weight", "bias")}
+    heads = {
+        f"{c}.{p}"
+        for c in ((classifier,) if isinstance(classifier, str) else classifier)
+        for p in ("weight", "bias")
+    }
     found = _SIZE_MISMATCH.findall(text)
     if not found or "Missing key(s)" in text or "Unexpected key(s)" in text:
         return None
@@ -239,9 +262,11 @@ def load_micro_source(weights: str | None = None) -> ClassifierBackbone:
     try:
         backbone.model.load_state_dict(load_tensors(path))
     except RuntimeError as err:
-        raise WeightsError(f"weights of backbone micro-source '{path}'", "do not match the architecture: "
-                           + str(err).splitlines()[0][:160], "a checkpoint written by "
-                           "scripts/pretrain_micro_source.py") from None
+        raise WeightsError(
+            f"weights of backbone micro-source '{path}'",
+            "do not match the architecture: " + str(err).splitlines()[0][:160],
+            "a checkpoint written by scripts/pretrain_micro_source.py",
+        ) from None
     backbone.classnames = list(config["classes"])
     return backbone
 

@@ -76,8 +76,13 @@ class ClipBackbone:
         return self.model.encode_text(tokens.to(self.device), normalize=normalize)
 
 
-def load_clip(arch: str, pretrained: str | os.PathLike[str] | None = None, *, precision: str = "fp32",
-              cache_dir: str | None = None) -> ClipBackbone:
+def load_clip(
+    arch: str,
+    pretrained: str | os.PathLike[str] | None = None,
+    *,
+    precision: str = "fp32",
+    cache_dir: str | None = None,
+) -> ClipBackbone:
     """Build the open_clip architecture ``arch`` and load ``pretrained`` weights, offline only.
 
     ``pretrained`` is None (random init from the global torch RNG, so deterministic under
@@ -110,7 +115,10 @@ def load_clip(arch: str, pretrained: str | os.PathLike[str] | None = None, *, pr
     # random init was asked for (pretrained=None) or our own loader follows: the notice is noise either way
     with _quiet_random_init_notice():
         model = open_clip.create_model(
-            arch, pretrained=None, precision=precision, force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
+            arch,
+            pretrained=None,
+            precision=precision,
+            force_quick_gelu=bool(tag_cfg.get("quick_gelu", False)),
             force_preprocess_cfg=merge_preprocess_dict({}, tag_cfg),
         )
     if state_dict is not None:
@@ -188,13 +196,15 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
     except Exception as err:  # safetensors, zip and unpickling errors share no base class
         raise unreadable(path, "pretrained", err) from None
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise WeightsError(f"pretrained '{path}'", "holds something other than a state dict of tensors",
-                           READABLE)
+        raise WeightsError(
+            f"pretrained '{path}'", "holds something other than a state dict of tensors", READABLE
+        )
     return state_dict
 
 
-def _load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], arch: str,
-               path: Path | None) -> None:
+def _load_into(
+    model: torch.nn.Module, state_dict: dict[str, torch.Tensor], arch: str, path: Path | None
+) -> None:
     """open_clip's own key/shape conversions (as in `open_clip.load_checkpoint`), then a strict load."""
     sd = convert_state_dict(model, dict(state_dict))
     for key in ("input_resolution", "context_length", "vocab_size"):  # metadata in OpenAI's files
@@ -218,10 +228,15 @@ def _load_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], arch
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
         if wrong:
             k = wrong[0]
-            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(sd[k].shape)}, "
-                         f"model {tuple(own[k].shape)})")
-        raise WeightsError(f"pretrained '{path}'", f"does not match architecture {arch}: " + ", ".join(parts),
-                           f"a checkpoint of {arch} (pick the arch the weights were trained with)")
+            parts.append(
+                f"{len(wrong)} shape mismatches (e.g. {k}: file {tuple(sd[k].shape)}, "
+                f"model {tuple(own[k].shape)})"
+            )
+        raise WeightsError(
+            f"pretrained '{path}'",
+            f"does not match architecture {arch}: " + ", ".join(parts),
+            f"a checkpoint of {arch} (pick the arch the weights were trained with)",
+        )
     model.load_state_dict(sd, strict=True)
 
 
@@ -233,8 +248,9 @@ def fill_template(template: Template, classname: str) -> str:
         return template.replace("{c}", classname)
     if "{}" in template:
         return template.replace("{}", classname)
-    raise ConfigError("templates", f"'{template}' has no class placeholder",
-                      "a string containing '{}' or '{c}'")
+    raise ConfigError(
+        "templates", f"'{template}' has no class placeholder", "a string containing '{}' or '{c}'"
+    )
 
 
 def random_token_texts(tokenizer: Any, n: int, length: int, generator: torch.Generator) -> torch.Tensor:
@@ -248,8 +264,14 @@ def random_token_texts(tokenizer: Any, n: int, length: int, generator: torch.Gen
     return torch.cat([start, body, end, pad], dim=1)
 
 
-def zero_shot_head(backbone: ClipBackbone, classnames: list[str], templates: Sequence[Template], *,
-                   ensemble: bool = True, batch_size: int = 256) -> torch.Tensor:
+def zero_shot_head(
+    backbone: ClipBackbone,
+    classnames: list[str],
+    templates: Sequence[Template],
+    *,
+    ensemble: bool = True,
+    batch_size: int = 256,
+) -> torch.Tensor:
     """Class embeddings [n_classes, embed_dim], each row L2-normalised (ZSCL ``zeroshot_classifier``).
 
     ``ensemble=True`` (evaluation): the normalised mean of the normalised embeddings of every
@@ -261,8 +283,10 @@ def zero_shot_head(backbone: ClipBackbone, classnames: list[str], templates: Seq
     used = list(templates) if ensemble else [templates[0]]
     texts = [fill_template(t, c) for c in classnames for t in used]
     tokens = backbone.tokenize(texts)
-    parts = [backbone.encode_text(tokens[i:i + batch_size], normalize=True)
-             for i in range(0, len(texts), batch_size)]
+    parts = [
+        backbone.encode_text(tokens[i : i + batch_size], normalize=True)
+        for i in range(0, len(texts), batch_size)
+    ]
     per_template = torch.cat(parts).float().reshape(len(classnames), len(used), -1)
     return F.normalize(per_template.mean(dim=1), dim=-1)
 

@@ -71,8 +71,11 @@ class MicroTokenizer:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"words": self.words, "context_length": self.context_length,
-                "special_ids": {"pad": PAD_ID, "unk": UNK_ID, "sot": self.sot_id, "eot": self.eot_id}}
+        return {
+            "words": self.words,
+            "context_length": self.context_length,
+            "special_ids": {"pad": PAD_ID, "unk": UNK_ID, "sot": self.sot_id, "eot": self.eot_id},
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> MicroTokenizer:
@@ -83,10 +86,15 @@ def micro_config(vocab_size: int, context_length: int = 20) -> dict[str, Any]:
     """The open_clip model config (same keys as open_clip's ``model_configs/*.json``)."""
     return {
         "embed_dim": 128,
-        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 128, "layers": 4,
-                       "head_width": 32},
-        "text_cfg": {"context_length": context_length, "vocab_size": vocab_size, "width": 128,
-                     "heads": 4, "layers": 4, "pad_id": PAD_ID},
+        "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 128, "layers": 4, "head_width": 32},
+        "text_cfg": {
+            "context_length": context_length,
+            "vocab_size": vocab_size,
+            "width": 128,
+            "heads": 4,
+            "layers": 4,
+            "pad_id": PAD_ID,
+        },
         "preprocess_cfg": {"mean": [0.3, 0.3, 0.3], "std": [0.25, 0.25, 0.25]},
     }
 
@@ -109,8 +117,11 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise WeightsError(str(path), f"unreadable ({exc.__class__.__name__})",
-                           "a JSON file written by scripts/pretrain_micro_clip.py") from exc
+        raise WeightsError(
+            str(path),
+            f"unreadable ({exc.__class__.__name__})",
+            "a JSON file written by scripts/pretrain_micro_clip.py",
+        ) from exc
 
 
 @register("clip", "micro-clip")
@@ -132,15 +143,29 @@ def load_micro_clip(weights: str | None = None) -> ClipBackbone:
     own = model.state_dict()
     if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
         odd = sorted(set(state) ^ set(own)) or [k for k in own if state[k].shape != own[k].shape]
-        raise WeightsError(f"micro-clip weights '{path}'",
-                           f"do not match its config.json (e.g. key {odd[0]})",
-                           "weights written by scripts/pretrain_micro_clip.py with that config")
+        raise WeightsError(
+            f"micro-clip weights '{path}'",
+            f"do not match its config.json (e.g. key {odd[0]})",
+            "weights written by scripts/pretrain_micro_clip.py with that config",
+        )
     model.load_state_dict(state, strict=True)
     model.eval()
     mean, std = config["preprocess_cfg"]["mean"], config["preprocess_cfg"]["std"]
     size = config["vision_cfg"]["image_size"]
-    preprocess = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size),
-                                     transforms.ToTensor(), transforms.Normalize(mean, std)])
-    return ClipBackbone(model=model, tokenizer=tokenizer, preprocess_train=preprocess,
-                        preprocess_val=preprocess, image_size=size, mean=tuple(mean),
-                        std=tuple(std))
+    preprocess = transforms.Compose(
+        [
+            transforms.Resize(size),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+    return ClipBackbone(
+        model=model,
+        tokenizer=tokenizer,
+        preprocess_train=preprocess,
+        preprocess_val=preprocess,
+        image_size=size,
+        mean=tuple(mean),
+        std=tuple(std),
+    )

@@ -60,9 +60,13 @@ class Context:
     step: int = 0
     micro_batch: int = 0  # index of the micro-batch within the step (``train.accumulate``)
     task_id_known: bool = True
-    pretrained: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # theta_0, set by the engine
+    pretrained: dict[str, torch.Tensor] = field(
+        default_factory=dict, repr=False
+    )  # theta_0, set by the engine
     reference: Any = None  # reference images/captions for distillation methods (ZSCL, AwoF)
-    artifacts: Path | None = None  # the method's folder for write-once files (finished experts), set by the recipe
+    artifacts: Path | None = (
+        None  # the method's folder for write-once files (finished experts), set by the recipe
+    )
     processes: Processes = field(default_factory=Processes)
     _tokens: dict[tuple[int, bool], torch.Tensor] = field(default_factory=dict, repr=False)
     _heads: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict, repr=False)
@@ -129,7 +133,9 @@ class Context:
         feats = F.normalize(model.encode_image(images).float(), dim=-1)
         return self.settings.logit_scale * feats @ self.eval_head(model, task).T
 
-    def train_logits(self, model: torch.nn.Module, images: torch.Tensor, task: int | None = None) -> torch.Tensor:
+    def train_logits(
+        self, model: torch.nn.Module, images: torch.Tensor, task: int | None = None
+    ) -> torch.Tensor:
         """Training logits over the current task's classes with the first template (ZSCL)."""
         task = self.task if task is None else task
         feats = F.normalize(model.encode_image(images).float(), dim=-1)

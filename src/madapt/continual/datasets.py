@@ -41,8 +41,11 @@ def _micro_reference(cfg: ContinualConfig, backbone) -> Reference:
     from madapt.data import synthetic
 
     images, captions = next(synthetic.pretraining_batches(cfg.seed + 1, cfg.data.reference_size))
-    return Reference(ArrayDataset(images, np.zeros(len(images), dtype=np.int64), backbone.mean, backbone.std),
-                     sorted(set(captions)), synthetic.vocabulary_words())
+    return Reference(
+        ArrayDataset(images, np.zeros(len(images), dtype=np.int64), backbone.mean, backbone.std),
+        sorted(set(captions)),
+        synthetic.vocabulary_words(),
+    )
 
 
 def _micro_tasks(cfg: ContinualConfig, backbone) -> tuple[list[Task], Reference]:
@@ -57,8 +60,16 @@ def _micro_tasks(cfg: ContinualConfig, backbone) -> tuple[list[Task], Reference]
         train_set = ArrayDataset(*train, backbone.mean, backbone.std)
         if cfg.data.shots:
             train_set = take(train_set, _few_shot(train_set.labels.tolist(), cfg.data.shots, cfg.seed, name))
-        tasks.append(Task(name, list(spec.classnames), list(spec.templates), train_set,
-                          ArrayDataset(*test, backbone.mean, backbone.std), class_offset=offset))
+        tasks.append(
+            Task(
+                name,
+                list(spec.classnames),
+                list(spec.templates),
+                train_set,
+                ArrayDataset(*test, backbone.mean, backbone.std),
+                class_offset=offset,
+            )
+        )
         offset += spec.n_classes
     return tasks, _micro_reference(cfg, backbone)
 
@@ -69,8 +80,11 @@ def _reference_folder(cfg: ContinualConfig, backbone) -> Reference | None:
     if not (cfg.data.reference_images and cfg.data.reference_captions):
         return None
     captions = read_captions(cfg.data.reference_captions)
-    return Reference(ReferenceImages(cfg.data.reference_images, backbone.preprocess_val), captions,
-                     sorted({w for c in captions for w in c.lower().split()}))
+    return Reference(
+        ReferenceImages(cfg.data.reference_images, backbone.preprocess_val),
+        captions,
+        sorted({w for c in captions for w in c.lower().split()}),
+    )
 
 
 def _mtil_tasks(cfg: ContinualConfig, backbone) -> tuple[list[Task], Reference | None]:
@@ -87,7 +101,9 @@ def _mtil_tasks(cfg: ContinualConfig, backbone) -> tuple[list[Task], Reference |
             keep = _few_shot(labels_of(train), cfg.data.shots, cfg.seed, spec.name)
             train, train_eval = take(train, keep), take(train_eval, keep)
         classnames = spec.classnames or mtil.class_names(spec.name, cfg.data_root)
-        tasks.append(Task(name, classnames, spec.templates, train, test, class_offset=offset, train_eval=train_eval))
+        tasks.append(
+            Task(name, classnames, spec.templates, train, test, class_offset=offset, train_eval=train_eval)
+        )
         offset += len(classnames)
     return tasks, _reference_folder(cfg, backbone)
 
@@ -104,10 +120,16 @@ def _cil_tasks(cfg: ContinualConfig, backbone) -> tuple[list[Task], Reference | 
 
         spec = synthetic.micro_domains()[synthetic.CIL_MICRO]
         steps = synthetic.cil_micro_steps(int(setting.split("/")[1]), seed=1993)
-        train = ArrayDataset(*synthetic.make_split(spec.name, "train", cfg.data.train_size, cfg.seed),
-                             backbone.mean, backbone.std)
-        test = ArrayDataset(*synthetic.make_split(spec.name, "test", cfg.data.test_size, cfg.seed),
-                            backbone.mean, backbone.std)
+        train = ArrayDataset(
+            *synthetic.make_split(spec.name, "train", cfg.data.train_size, cfg.seed),
+            backbone.mean,
+            backbone.std,
+        )
+        test = ArrayDataset(
+            *synthetic.make_split(spec.name, "test", cfg.data.test_size, cfg.seed),
+            backbone.mean,
+            backbone.std,
+        )
         classnames, templates = list(spec.classnames), list(spec.templates)
         reference = _micro_reference(cfg, backbone)
     else:
@@ -124,9 +146,16 @@ def _cil_tasks(cfg: ContinualConfig, backbone) -> tuple[list[Task], Reference | 
     train_labels, test_labels = _labels(train), _labels(test)
     tasks, offset = [], 0
     for k, classes in enumerate(steps):
-        tasks.append(Task(f"step{k + 1}", [classnames[c] for c in classes], templates,
-                          _subset(train, train_labels, classes), _subset(test, test_labels, classes),
-                          class_offset=offset))
+        tasks.append(
+            Task(
+                f"step{k + 1}",
+                [classnames[c] for c in classes],
+                templates,
+                _subset(train, train_labels, classes),
+                _subset(test, test_labels, classes),
+                class_offset=offset,
+            )
+        )
         offset += len(classes)
     return tasks, reference
 
@@ -149,7 +178,12 @@ def take(dataset, indices: list[int]):
     if isinstance(dataset, ArrayDataset):
         view = ArrayDataset.__new__(ArrayDataset)
         idx = torch.as_tensor(indices, dtype=torch.long)
-        view.images, view.labels, view.mean, view.std = dataset.images[idx], dataset.labels[idx], dataset.mean, dataset.std
+        view.images, view.labels, view.mean, view.std = (
+            dataset.images[idx],
+            dataset.labels[idx],
+            dataset.mean,
+            dataset.std,
+        )
         return view
     return torch.utils.data.Subset(dataset, indices)
 

@@ -50,8 +50,9 @@ def evaluate(method: ContinualMethod, ctx: Context, task: int) -> float:
     spec, mode = ctx.tasks[task], ctx.settings.task_agnostic
     ctx.task_id_known = mode == "off" and not ctx.settings.class_incremental
     correct = total = 0
-    for images, labels in eval_batches(spec.test, ctx.settings.eval_batch_size, ctx.settings.num_workers,
-                                       ctx.processes):
+    for images, labels in eval_batches(
+        spec.test, ctx.settings.eval_batch_size, ctx.settings.num_workers, ctx.processes
+    ):
         images, labels = images.to(ctx.device), labels.to(ctx.device)
         with ctx.autocast():
             if ctx.settings.class_incremental:
@@ -68,8 +69,9 @@ def evaluate(method: ContinualMethod, ctx: Context, task: int) -> float:
     return 100.0 * correct / max(total, 1)
 
 
-def evaluation_row(method: ContinualMethod, ctx: Context,
-                   zero_shot: Callable[[int], float] | None = None) -> list[float | None]:
+def evaluation_row(
+    method: ContinualMethod, ctx: Context, zero_shot: Callable[[int], float] | None = None
+) -> list[float | None]:
     """Accuracy on every dataset after the current task; CIL rows stop at the current step (unseen
     classes are not in the label space yet). Datasets the method predicts with the untouched
     pretrained model take the run's zero-shot accuracy instead of a second evaluation."""
@@ -92,10 +94,14 @@ def evaluation_row(method: ContinualMethod, ctx: Context,
 
 def changed_params(model: torch.nn.Module, reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Entries of the state dict that differ from ``reference`` (checkpoints stay small for PEFT)."""
-    return {k: v for k, v in model.state_dict().items() if k not in reference or not torch.equal(v, reference[k])}
+    return {
+        k: v for k, v in model.state_dict().items() if k not in reference or not torch.equal(v, reference[k])
+    }
 
 
-def load_changed(model: torch.nn.Module, reference: dict[str, torch.Tensor], changed: dict[str, torch.Tensor]) -> None:
+def load_changed(
+    model: torch.nn.Module, reference: dict[str, torch.Tensor], changed: dict[str, torch.Tensor]
+) -> None:
     model.load_state_dict({**reference, **changed}, strict=True)
 
 
@@ -106,8 +112,14 @@ def load_changed(model: torch.nn.Module, reference: dict[str, torch.Tensor], cha
 class _Run:
     """One method over the task sequence: the named steps `run_sequence` strings together."""
 
-    def __init__(self, method: ContinualMethod, ctx: Context, checkpointer: Checkpointer,
-                 progress: Callable[[str, int, int], None] | None, zero_shot: Callable[[int], float] | None) -> None:
+    def __init__(
+        self,
+        method: ContinualMethod,
+        ctx: Context,
+        checkpointer: Checkpointer,
+        progress: Callable[[str, int, int], None] | None,
+        zero_shot: Callable[[int], float] | None,
+    ) -> None:
         self.method, self.ctx, self.checkpointer = method, ctx, checkpointer
         self.report = progress or (lambda *_: None)
         self.zero_shot = zero_shot
@@ -121,8 +133,12 @@ class _Run:
     def save(self, task: int, step: int, phase: str, tag: str | None = None) -> None:
         if not self.ctx.processes.is_main:  # the other processes hold the same state
             return
-        state = {"acc": self.acc, "model": changed_params(self.ctx.model, self.ctx.pretrained),
-                 "method": self.method.state_dict(), "rng": rng_state()}
+        state = {
+            "acc": self.acc,
+            "model": changed_params(self.ctx.model, self.ctx.pretrained),
+            "method": self.method.state_dict(),
+            "rng": rng_state(),
+        }
         if phase == "train" and step > 0:
             state |= {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
             if self.scaler is not None:
@@ -181,8 +197,10 @@ class _Run:
     def train_task(self, task: int, first_step: int) -> None:
         ctx, every = self.ctx, self.ctx.settings.checkpoint_every
         if self.method.trains:
-            for step, batch in enumerate(train_batches(ctx.current.train, ctx.settings, task, first_step,
-                                                       ctx.processes), start=first_step):
+            for step, batch in enumerate(
+                train_batches(ctx.current.train, ctx.settings, task, first_step, ctx.processes),
+                start=first_step,
+            ):
                 ctx.step = step
                 self.train_step(batch)
                 self.report(ctx.current.name, step + 1, ctx.iterations)

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 
 
-def distillation(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+def distillation(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = 2.0
+) -> torch.Tensor:
     """CE(student/T, softmax(teacher/T)) * T^2, ZSCL's ``distillation`` (seed 000 §3.2 baselines)."""
     t = temperature
     target = F.softmax(teacher_logits.detach() / t, dim=-1)

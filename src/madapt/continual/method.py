@@ -45,8 +45,11 @@ class MethodConfig(Strict):
     """
 
     name: str
-    label: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$",
-                              description="sub-folder and report row of this entry (default: its name)")
+    label: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="sub-folder and report row of this entry (default: its name)",
+    )
 
     @property
     def key(self) -> str:
@@ -58,47 +61,53 @@ class ContinualMethod(Protocol):
 
     Config: ClassVar[type[MethodConfig]]
     trains: ClassVar[bool] = True  # False: evaluation only (zero-shot)
-    text_frozen: ClassVar[bool] = False  # True: text tower never changes, evaluation heads are kept across rows
+    text_frozen: ClassVar[bool] = (
+        False  # True: text tower never changes, evaluation heads are kept across rows
+    )
     needs_reference: ClassVar[bool] = False  # True: ctx.reference (images + captions) must be present
 
-    def setup(self, ctx: "Context") -> None:
+    def setup(self, ctx: Context) -> None:
         """Inject modules (LoRA experts, adapters, prompts, routers) into ``ctx.model``."""
 
     def trainable_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter] | list[dict[str, Any]]:
         """Tensors, or torch param groups (dicts) whose own keys (``lr``, ...) override the defaults."""
         ...
 
-    def optimizer(self, params: list[Any], ctx: "Context") -> Optimizer:
+    def optimizer(self, params: list[Any], ctx: Context) -> Optimizer:
         """AdamW with ZSCL's betas, the task's learning rate and the run's weight decay; fused on CUDA."""
-        return build_optimizer(params, "adamw", lr=ctx.lr, weight_decay=ctx.settings.weight_decay,
-                               fused=ctx.device.type == "cuda")
+        return build_optimizer(
+            params,
+            "adamw",
+            lr=ctx.lr,
+            weight_decay=ctx.settings.weight_decay,
+            fused=ctx.device.type == "cuda",
+        )
 
-    def schedule(self, optimizer: Optimizer, ctx: "Context") -> LRScheduler:
+    def schedule(self, optimizer: Optimizer, ctx: Context) -> LRScheduler:
         """ZSCL's linear warmup then cosine to 0 over the task's iterations."""
         return warmup_cosine(optimizer, min(ctx.settings.warmup_steps, ctx.iterations), ctx.iterations)
 
-    def before_task(self, ctx: "Context") -> None:
+    def before_task(self, ctx: Context) -> None:
         """Prepare the task (teachers, snapshots); sees the task-start model, also on resume."""
 
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: "Context") -> torch.Tensor:
-        ...
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor], ctx: Context) -> torch.Tensor: ...
 
-    def after_step(self, ctx: "Context") -> None:
+    def after_step(self, ctx: Context) -> None:
         """After each optimizer step; ``ctx.step`` is the index of the step just taken."""
 
-    def after_task(self, ctx: "Context") -> None:
+    def after_task(self, ctx: Context) -> None:
         """After the task's last step, before its evaluation row."""
 
-    def logits(self, images: torch.Tensor, task: int | None, ctx: "Context") -> torch.Tensor:
+    def logits(self, images: torch.Tensor, task: int | None, ctx: Context) -> torch.Tensor:
         """Logits over ``task``'s classes (all classes when None) with the engine's zero-shot head."""
         return ctx.clip_logits(ctx.model, images, task)
 
-    def uses_pretrained(self, task: int, ctx: "Context") -> bool:
+    def uses_pretrained(self, task: int, ctx: Context) -> bool:
         """True when this method predicts ``task`` with the untouched pretrained model (the engine
         then reuses the run's zero-shot accuracy instead of evaluating again)."""
         return False
 
-    def summary(self, ctx: "Context") -> dict[str, Any]:
+    def summary(self, ctx: Context) -> dict[str, Any]:
         """Figures the report shows for this method after the run (parameter counts, storage,
         routing accuracy, merge times...): JSON values, one report row each; a value that is a list
         of row dicts (same keys) becomes a table of its own, titled by its key."""

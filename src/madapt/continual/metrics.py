@@ -76,4 +76,3 @@ def cil_metrics(step_acc: Sequence[float] | np.ndarray) -> dict[str, float]:
     if not np.all(np.isfinite(arr)):
         raise ValueError("step accuracies have non-finite entries (NaN or inf)")
     return {"avg": float(arr.mean()), "last": float(arr[-1])}
-

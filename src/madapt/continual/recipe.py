@@ -48,9 +48,12 @@ def load_backbone(cfg: ContinualConfig):
     """The CLIP backbone of the config; ``pretrained: random`` is an explicit random init, and a
     missing ``pretrained`` is an error (only the micro CLIP has bundled weights)."""
     if cfg.backbone != "micro-clip" and cfg.pretrained is None:
-        raise ConfigError("pretrained", f"is missing for {cfg.backbone}",
-                          "a local weights file (pretrained=/weights/ViT-B-16.safetensors), a cached open_clip "
-                          f"tag, or pretrained={RANDOM_INIT} to train a randomly initialised model")
+        raise ConfigError(
+            "pretrained",
+            f"is missing for {cfg.backbone}",
+            "a local weights file (pretrained=/weights/ViT-B-16.safetensors), a cached open_clip "
+            f"tag, or pretrained={RANDOM_INIT} to train a randomly initialised model",
+        )
     seed_everything(cfg.seed)
     weights = None if cfg.pretrained == RANDOM_INIT else cfg.pretrained
     return get("clip", cfg.backbone)(weights)
@@ -60,18 +63,23 @@ def prepare(cfg: ContinualConfig) -> Prepared:
     """Load the backbone and every dataset (all user-input errors surface here, before any write)."""
     world = join_processes().world
     if cfg.train.batch_size % (world * cfg.train.accumulate):
-        raise ConfigError("train.batch_size", f"{cfg.train.batch_size} does not split over {world} processes "
-                          f"x {cfg.train.accumulate} micro-batches",
-                          f"a multiple of {world * cfg.train.accumulate} (equal slices of every batch)")
+        raise ConfigError(
+            "train.batch_size",
+            f"{cfg.train.batch_size} does not split over {world} processes "
+            f"x {cfg.train.accumulate} micro-batches",
+            f"a multiple of {world * cfg.train.accumulate} (equal slices of every batch)",
+        )
     if cfg.train.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.precision", "fp16 without a CUDA device", "fp32 or bf16 on a CPU")
     backbone = load_backbone(cfg)
     tasks, reference = build_tasks(cfg, backbone)
-    for i, m in enumerate(cfg.methods):
+    for m in cfg.methods:
         if get("method", m.name).needs_reference and reference is None:
-            raise ConfigError("data.reference_images / data.reference_captions", f"are missing ({m.name} needs them)",
-                              "a reference image folder and a caption file (ZSCL: ImageNet/train and "
-                              "Conceptual Captions)")
+            raise ConfigError(
+                "data.reference_images / data.reference_captions",
+                f"are missing ({m.name} needs them)",
+                "a reference image folder and a caption file (ZSCL: ImageNet/train and Conceptual Captions)",
+            )
     for task in tasks:
         if len(task.train) == 0 or len(task.test) == 0:
             raise DataError(f"dataset '{task.name}'", "has an empty split", "images in train and test")
@@ -81,17 +89,29 @@ def prepare(cfg: ContinualConfig) -> Prepared:
 
 def settings_of(cfg: ContinualConfig, tasks: list[Task]) -> TrainSettings:
     """The engine's settings; ``train.epochs`` turns into per-task step counts (ZSCL's CIL loop)."""
-    iterations = [cfg.train.iterations if cfg.train.epochs is None
-                  else max(1, round(cfg.train.epochs * math.ceil(len(t.train) / cfg.train.batch_size)))
-                  for t in tasks]
+    iterations = [
+        cfg.train.iterations
+        if cfg.train.epochs is None
+        else max(1, round(cfg.train.epochs * math.ceil(len(t.train) / cfg.train.batch_size)))
+        for t in tasks
+    ]
     return TrainSettings(
-        iterations=iterations, batch_size=cfg.train.batch_size,
+        iterations=iterations,
+        batch_size=cfg.train.batch_size,
         lrs=lrs_for([t.name for t in tasks], cfg.train.lr, cfg.train.lr_per_task),
-        warmup_steps=cfg.train.warmup_steps, weight_decay=cfg.train.weight_decay,
-        label_smoothing=cfg.train.label_smoothing, logit_scale=cfg.train.logit_scale,
-        eval_batch_size=cfg.eval.batch_size, checkpoint_every=cfg.train.checkpoint_every,
-        precision=cfg.train.precision, accumulate=cfg.train.accumulate, num_workers=cfg.train.num_workers,
-        task_agnostic=cfg.eval.task_agnostic, class_incremental=cfg.data.cil is not None, seed=cfg.seed)
+        warmup_steps=cfg.train.warmup_steps,
+        weight_decay=cfg.train.weight_decay,
+        label_smoothing=cfg.train.label_smoothing,
+        logit_scale=cfg.train.logit_scale,
+        eval_batch_size=cfg.eval.batch_size,
+        checkpoint_every=cfg.train.checkpoint_every,
+        precision=cfg.train.precision,
+        accumulate=cfg.train.accumulate,
+        num_workers=cfg.train.num_workers,
+        task_agnostic=cfg.eval.task_agnostic,
+        class_incremental=cfg.data.cil is not None,
+        seed=cfg.seed,
+    )
 
 
 def _context(cfg: ContinualConfig, prepared: Prepared) -> Context:
@@ -101,8 +121,14 @@ def _context(cfg: ContinualConfig, prepared: Prepared) -> Context:
     backbone = load_backbone(cfg)
     backbone.model.load_state_dict(prepared.backbone_state)
     backbone.model.to(procs.device)
-    return Context(backbone=backbone, tasks=prepared.tasks, settings=settings_of(cfg, prepared.tasks),
-                   device=procs.device, reference=prepared.reference, processes=procs)
+    return Context(
+        backbone=backbone,
+        tasks=prepared.tasks,
+        settings=settings_of(cfg, prepared.tasks),
+        device=procs.device,
+        reference=prepared.reference,
+        processes=procs,
+    )
 
 
 def zero_shot_accuracies(cfg: ContinualConfig, prepared: Prepared, folder: RunFolder) -> list[float] | None:
@@ -121,8 +147,14 @@ def zero_shot_accuracies(cfg: ContinualConfig, prepared: Prepared, folder: RunFo
     return acc
 
 
-def run_method(cfg: ContinualConfig, prepared: Prepared, index: int, folder: Path, zero_shot: list[float] | None,
-               progress: Any = None) -> dict[str, Any]:
+def run_method(
+    cfg: ContinualConfig,
+    prepared: Prepared,
+    index: int,
+    folder: Path,
+    zero_shot: list[float] | None,
+    progress: Any = None,
+) -> dict[str, Any]:
     """One method over the whole sequence in ``folder`` (resumable); returns its results entry."""
     mcfg = cfg.methods[index]
     sub = RunFolder(folder)
@@ -134,11 +166,14 @@ def run_method(cfg: ContinualConfig, prepared: Prepared, index: int, folder: Pat
     ctx.artifacts = sub.path / "artifacts"
     seed_everything(cfg.seed)  # what setup() draws (new modules' init) is fixed by the seed
     method = get("method", mcfg.name)(mcfg)
-    acc = run_sequence(method, ctx, sub.checkpoints, progress,
-                       zero_shot=None if zero_shot is None else zero_shot.__getitem__)
+    acc = run_sequence(
+        method, ctx, sub.checkpoints, progress, zero_shot=None if zero_shot is None else zero_shot.__getitem__
+    )
     if cfg.data.cil:
         sizes = [len(t.test) for t in prepared.tasks]
-        steps = [sum(a * n for a, n in zip(row[: i + 1], sizes)) / sum(sizes[: i + 1]) for i, row in enumerate(acc)]
+        steps = [
+            sum(a * n for a, n in zip(row[: i + 1], sizes)) / sum(sizes[: i + 1]) for i, row in enumerate(acc)
+        ]
         entry = {"accuracy": acc, "step_accuracy": steps, **cil_metrics(steps)}
     else:
         entry = {"accuracy": acc, **mtil_metrics(acc)}
@@ -149,8 +184,9 @@ def run_method(cfg: ContinualConfig, prepared: Prepared, index: int, folder: Pat
     return entry
 
 
-def _worker(cfg: ContinualConfig, prepared: Prepared, index: int, folder: Path,
-            zero_shot: list[float] | None) -> dict:
+def _worker(
+    cfg: ContinualConfig, prepared: Prepared, index: int, folder: Path, zero_shot: list[float] | None
+) -> dict:
     catalog.load_all()  # a spawned process starts with empty registries
     return run_method(cfg, prepared, index, folder, zero_shot)
 
@@ -170,20 +206,30 @@ def run(cfg: ContinualConfig, prepared: Prepared, folder: RunFolder, console: Co
 
     def done(label: str, entry: dict[str, Any]) -> None:
         entries[label] = entry
-        folder.log(f"{label}: " + ", ".join(f"{k} {entry[k]:.1f}" for k in ("transfer", "avg", "last") if k in entry))
+        folder.log(
+            f"{label}: " + ", ".join(f"{k} {entry[k]:.1f}" for k in ("transfer", "avg", "last") if k in entry)
+        )
         console.print(f"[green]done[/green] {label}")
 
     if cfg.workers > 1 and join_processes().world == 1:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
-            futures = {pool.submit(_worker, cfg, prepared, i, folder.path / label, zero_shot): label
-                       for i, label in enumerate(labels)}
+            futures = {
+                pool.submit(_worker, cfg, prepared, i, folder.path / label, zero_shot): label
+                for i, label in enumerate(labels)
+            }
             with console.status(f"running {len(labels)} methods in {cfg.workers} processes"):
                 for future in as_completed(futures):
                     done(futures[future], future.result())
     else:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=console, transient=True) as bar:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
             for i, label in enumerate(labels):
                 job = bar.add_task(label, total=cfg.train.iterations)
 
@@ -192,8 +238,12 @@ def run(cfg: ContinualConfig, prepared: Prepared, folder: RunFolder, console: Co
 
                 done(label, run_method(cfg, prepared, i, folder.path / label, zero_shot, progress))
                 bar.remove_task(job)
-    return {"order": [t.name for t in prepared.tasks], "protocol": "cil" if cfg.data.cil else "mtil",
-            "zero_shot": zero_shot, "methods": {label: entries[label] for label in labels}}
+    return {
+        "order": [t.name for t in prepared.tasks],
+        "protocol": "cil" if cfg.data.cil else "mtil",
+        "zero_shot": zero_shot,
+        "methods": {label: entries[label] for label in labels},
+    }
 
 
 register_recipe(Recipe("continual", ContinualConfig, prepare, run, report, multiprocess=True))

@@ -26,7 +26,7 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
     epoch, offset = divmod(start, n)
     while len(out) < batch_size:
         perm = np.random.default_rng([seed, epoch]).permutation(n)
-        take = perm[offset: offset + batch_size - len(out)]
+        take = perm[offset : offset + batch_size - len(out)]
         out.extend(int(i) for i in take)
         epoch, offset = epoch + 1, 0
     return out
@@ -48,8 +48,9 @@ class SeededItems(Dataset):
             return self.dataset[index]
 
 
-def planned_batches(dataset: Dataset, plan: Iterator[tuple[int, Sequence[int]]], seed: int,
-                    num_workers: int) -> Iterator[Any]:
+def planned_batches(
+    dataset: Dataset, plan: Iterator[tuple[int, Sequence[int]]], seed: int, num_workers: int
+) -> Iterator[Any]:
     """The batches of ``plan`` ((step, indices) pairs), decoded by ``num_workers`` DataLoader workers.
 
     Item k of the batch of step s draws its augmentation from its own seed (a function of seed, s,
@@ -59,13 +60,16 @@ def planned_batches(dataset: Dataset, plan: Iterator[tuple[int, Sequence[int]]],
         for _, indices in plan:
             yield dataset.batch(list(indices))
         return
-    keyed = ([(int(i), (seed * 1_000_003 + step) * 7_919 + k) for k, i in enumerate(indices)]
-             for step, indices in plan)
+    keyed = (
+        [(int(i), (seed * 1_000_003 + step) * 7_919 + k) for k, i in enumerate(indices)]
+        for step, indices in plan
+    )
     yield from DataLoader(SeededItems(dataset), batch_sampler=keyed, num_workers=num_workers)
 
 
-def train_batches(dataset: Dataset, settings: TrainSettings, task: int, start: int,
-                  processes: Processes = Processes()) -> Iterator[Any]:
+def train_batches(
+    dataset: Dataset, settings: TrainSettings, task: int, start: int, processes: Processes = Processes()
+) -> Iterator[Any]:
     """Batches ``start..iterations-1`` of ``task``; identical whatever step the run resumes at.
 
     With several processes each yields its slice of the global batch; an item's augmentation seed
@@ -80,8 +84,11 @@ def train_batches(dataset: Dataset, settings: TrainSettings, task: int, start: i
             yield dataset.batch([indices[k] for k in mine])
         return
     sampler = (
-        [(i, stream_seed * 7_919 + step * settings.batch_size + k)
-         for k, i in enumerate(batch_indices(n, settings.batch_size, step, stream_seed)) if k in mine]
+        [
+            (i, stream_seed * 7_919 + step * settings.batch_size + k)
+            for k, i in enumerate(batch_indices(n, settings.batch_size, step, stream_seed))
+            if k in mine
+        ]
         for step in range(start, settings.iterations[task])
     )
     yield from DataLoader(SeededItems(dataset), batch_sampler=sampler, num_workers=settings.num_workers)
@@ -93,18 +100,21 @@ def micro_batches(batch: tuple[torch.Tensor, ...], k: int) -> list[tuple[torch.T
     if size % k:
         raise ValueError(f"a batch of {size} does not split into {k} equal micro-batches")
     step = size // k
-    return [tuple(t[i * step:(i + 1) * step] for t in batch) for i in range(k)]
+    return [tuple(t[i * step : (i + 1) * step] for t in batch) for i in range(k)]
 
 
-def eval_batches(dataset: Dataset, batch_size: int, num_workers: int,
-                 processes: Processes = Processes()) -> Iterator[Any]:
+def eval_batches(
+    dataset: Dataset, batch_size: int, num_workers: int, processes: Processes = Processes()
+) -> Iterator[Any]:
     """This process's contiguous shard of ``dataset`` in order, ``batch_size`` items at a time."""
     mine = processes.shard(len(dataset))  # type: ignore[arg-type]
     if hasattr(dataset, "batch") and num_workers == 0:
         for start in range(mine.start, mine.stop, batch_size):
             yield dataset.batch(range(start, min(mine.stop, start + batch_size)))
         return
-    yield from DataLoader(Subset(dataset, mine), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    yield from DataLoader(
+        Subset(dataset, mine), batch_size=batch_size, shuffle=False, num_workers=num_workers
+    )
 
 
 class BatchStream:
@@ -116,8 +126,9 @@ class BatchStream:
     bare images or (image, label) pairs; ``images(step)`` returns the image tensor either way.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int, num_workers: int = 0,
-                 sequential: bool = False) -> None:
+    def __init__(
+        self, dataset: Dataset, batch_size: int, seed: int, num_workers: int = 0, sequential: bool = False
+    ) -> None:
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.num_workers, self.sequential = num_workers, sequential
         self._iter: Iterator[Any] | None = None

@@ -52,7 +52,9 @@ class Task:
 class ArrayDataset(Dataset):
     """uint8 images (N, H, W, 3) in memory -> normalised float tensors (the micro world)."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, mean: Sequence[float], std: Sequence[float]
+    ) -> None:
         self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
         self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)

@@ -39,9 +39,13 @@ def labels_of(dataset: Dataset) -> list[int]:
     return [int(dataset[i][1]) for i in range(len(dataset))]  # type: ignore[arg-type]
 
 
-def few_shot_indices(labels: Sequence[int], shots: int, seed: int,
-                     dataset: str = "dataset", classnames: Sequence[str] | None = None,
-                     ) -> list[int]:
+def few_shot_indices(
+    labels: Sequence[int],
+    shots: int,
+    seed: int,
+    dataset: str = "dataset",
+    classnames: Sequence[str] | None = None,
+) -> list[int]:
     """``shots`` indices per class, drawn with ``torch.Generator().manual_seed(seed)``.
 
     Classes are visited in label order and each class's candidates are permuted with the same
@@ -49,14 +53,16 @@ def few_shot_indices(labels: Sequence[int], shots: int, seed: int,
     fewer than ``shots`` samples is a `DataError` naming the dataset and the class.
     """
     if shots <= 0:
-        raise DataError(f"few-shot subset of '{dataset}'", f"shots = {shots}",
-                        "a positive number of images per class")
+        raise DataError(
+            f"few-shot subset of '{dataset}'", f"shots = {shots}", "a positive number of images per class"
+        )
     by_class: dict[int, list[int]] = {}
     for i, y in enumerate(labels):
         by_class.setdefault(int(y), []).append(i)
     if not by_class:
-        raise DataError(f"few-shot subset of '{dataset}'", "the split is empty",
-                        "at least one labelled image per class")
+        raise DataError(
+            f"few-shot subset of '{dataset}'", "the split is empty", "at least one labelled image per class"
+        )
     smallest = min(by_class, key=lambda c: (len(by_class[c]), c))
     if len(by_class[smallest]) < shots:
         name = f" '{classnames[smallest]}'" if classnames is not None else ""

@@ -34,14 +34,20 @@ class ReferenceImages(Dataset):
     def __init__(self, folder: str | Path, transform: Callable[[Any], Any] | None = None) -> None:
         self.folder = Path(folder).expanduser()
         if not self.folder.is_dir():
-            raise DataError(f"reference images {self.folder}", "folder does not exist",
-                            "a folder of .jpg/.png images (nested folders allowed, e.g. "
-                            "ImageNet/train)")
-        self.paths = sorted(p for p in self.folder.rglob("*")
-                            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            raise DataError(
+                f"reference images {self.folder}",
+                "folder does not exist",
+                "a folder of .jpg/.png images (nested folders allowed, e.g. ImageNet/train)",
+            )
+        self.paths = sorted(
+            p for p in self.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
         if not self.paths:
-            raise DataError(f"reference images {self.folder}", "holds no .jpg/.jpeg/.png file",
-                            "at least one image (nested folders allowed)")
+            raise DataError(
+                f"reference images {self.folder}",
+                "holds no .jpg/.jpeg/.png file",
+                "at least one image (nested folders allowed)",
+            )
         self.transform = transform
 
     def __len__(self) -> int:
@@ -57,9 +63,11 @@ def read_captions(path: str | Path) -> list[str]:
     """Captions from a .txt (one per line) or a .csv/.tsv with a caption/title column."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(f"reference captions {path}", "file does not exist",
-                        "a .txt file with one caption per line, or a .csv/.tsv with a "
-                        "'caption' or 'title' column")
+        raise DataError(
+            f"reference captions {path}",
+            "file does not exist",
+            "a .txt file with one caption per line, or a .csv/.tsv with a 'caption' or 'title' column",
+        )
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() in (".csv", ".tsv"):
         captions = _table_captions(path, text)
@@ -67,8 +75,7 @@ def read_captions(path: str | Path) -> list[str]:
         captions = [line.strip() for line in text.splitlines()]
     captions = [c for c in captions if c]
     if not captions:
-        raise DataError(f"reference captions {path}", "contains no caption",
-                        "at least one non-empty caption")
+        raise DataError(f"reference captions {path}", "contains no caption", "at least one non-empty caption")
     return captions
 
 
@@ -81,9 +88,11 @@ def _table_captions(path: Path, text: str) -> list[str]:
     fields = {f.strip().lower(): f for f in (rows.fieldnames or [])}
     column = next((fields[c] for c in CAPTION_COLUMNS if c in fields), None)
     if column is None:
-        raise DataError(f"reference captions {path}",
-                        f"has columns {sorted(fields.values())}",
-                        "a 'caption' or 'title' column")
+        raise DataError(
+            f"reference captions {path}",
+            f"has columns {sorted(fields.values())}",
+            "a 'caption' or 'title' column",
+        )
     return [(row.get(column) or "").strip() for row in rows]
 
 
@@ -95,7 +104,8 @@ class ReferenceData:
     captions: list[str]
 
 
-def load_reference(images: str | Path, captions: str | Path,
-                   transform: Callable[[Any], Any] | None = None) -> ReferenceData:
+def load_reference(
+    images: str | Path, captions: str | Path, transform: Callable[[Any], Any] | None = None
+) -> ReferenceData:
     """`ReferenceData` from an image folder and a caption file (ZSCL: ImageNet + CC)."""
     return ReferenceData(ReferenceImages(images, transform), read_captions(captions))

@@ -31,23 +31,51 @@ SIZE = 32
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross", "heart", "moon")
 PLURALS = {s: s + ("es" if s.endswith("s") else "s") for s in SHAPES}
 COLOURS = {
-    "red": (220, 30, 30), "orange": (255, 140, 0), "yellow": (240, 230, 40),
-    "green": (40, 180, 60), "cyan": (40, 220, 230), "blue": (40, 70, 230),
-    "purple": (150, 50, 200), "pink": (255, 120, 190), "brown": (150, 85, 30),
+    "red": (220, 30, 30),
+    "orange": (255, 140, 0),
+    "yellow": (240, 230, 40),
+    "green": (40, 180, 60),
+    "cyan": (40, 220, 230),
+    "blue": (40, 70, 230),
+    "purple": (150, 50, 200),
+    "pink": (255, 120, 190),
+    "brown": (150, 85, 30),
     "white": (245, 245, 245),
 }
-TEXTURES = {"plain": "plain", "striped": "stripes", "dotted": "dots",
-            "checkered": "checker", "noisy": "noise", "gradient": "gradient"}
+TEXTURES = {
+    "plain": "plain",
+    "striped": "stripes",
+    "dotted": "dots",
+    "checkered": "checker",
+    "noisy": "noise",
+    "gradient": "gradient",
+}
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-POSITIONS = {"on the left": (0.15, 0.5), "on the right": (0.85, 0.5), "at the top": (0.5, 0.15),
-             "at the bottom": (0.5, 0.85), "in the center": (0.5, 0.5)}
+POSITIONS = {
+    "on the left": (0.15, 0.5),
+    "on the right": (0.85, 0.5),
+    "at the top": (0.5, 0.15),
+    "at the bottom": (0.5, 0.85),
+    "in the center": (0.5, 0.5),
+}
 SIZES = {"small": (7, 10), "large": (13, 17)}
 PREFIXES = ("", "", "a photo of ", "an image of ", "a picture of ")
-PRETRAIN_FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf",
-                  "DejaVuSerif-Bold.ttf", "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf")
-HELDOUT_FONTS = ("DejaVuSans-Oblique.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSans-BoldOblique.ttf",
-                 "DejaVuSansMono-BoldOblique.ttf", "DejaVuSerif-BoldItalic.ttf")
+PRETRAIN_FONTS = (
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+)
+HELDOUT_FONTS = (
+    "DejaVuSans-Oblique.ttf",
+    "DejaVuSerif-Italic.ttf",
+    "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSansMono-BoldOblique.ttf",
+    "DejaVuSerif-BoldItalic.ttf",
+)
 # Disjoint index ranges of sklearn's 1,797 handwritten digits: writers seen in pretraining never
 # reappear in a domain's train or test split.
 DIGIT_RANGES = {"pretrain": (0, 600), "train": (600, 1200), "test": (1200, 1797)}
@@ -146,8 +174,20 @@ _POLYGONS = {  # vertices in [-1, 1]^2, y pointing down
     "square": [[-0.8, -0.8], [0.8, -0.8], [0.8, 0.8], [-0.8, 0.8]],
     "triangle": [[0.0, -0.95], [0.95, 0.8], [-0.95, 0.8]],
     "diamond": [[0.0, -1.0], [0.7, 0.0], [0.0, 1.0], [-0.7, 0.0]],
-    "cross": [[-_A, -1], [_A, -1], [_A, -_A], [1, -_A], [1, _A], [_A, _A], [_A, 1], [-_A, 1],
-              [-_A, _A], [-1, _A], [-1, -_A], [-_A, -_A]],
+    "cross": [
+        [-_A, -1],
+        [_A, -1],
+        [_A, -_A],
+        [1, -_A],
+        [1, _A],
+        [_A, _A],
+        [_A, 1],
+        [-_A, 1],
+        [-_A, _A],
+        [-1, _A],
+        [-1, -_A],
+        [-_A, -_A],
+    ],
 }
 
 
@@ -166,8 +206,14 @@ def _unit_polygon(name: str) -> np.ndarray:
 class _Scene:
     """One image under construction: a background plus alpha-composited foreground layers."""
 
-    def __init__(self, painter: _Painter, rng: np.random.Generator, texture: str, heldout_tex: bool,
-                 paper: bool = False) -> None:
+    def __init__(
+        self,
+        painter: _Painter,
+        rng: np.random.Generator,
+        texture: str,
+        heldout_tex: bool,
+        paper: bool = False,
+    ) -> None:
         self.rng = rng
         # ink on paper (a held-out glyph style) has a light, low-contrast background
         lo, hi, jitter, step = (200, 250, 5, (-40, -20)) if paper else (15, 60, 6, (55, 95))
@@ -181,8 +227,8 @@ class _Scene:
         h, w = alpha.shape
         y0 = int(np.clip(round(cy * SIZE - h / 2), 0, SIZE - h))
         x0 = int(np.clip(round(cx * SIZE - w / 2), 0, SIZE - w))
-        a, region = alpha[..., None], self.img[y0:y0 + h, x0:x0 + w]
-        self.img[y0:y0 + h, x0:x0 + w] = region * (1 - a) + rgb * a
+        a, region = alpha[..., None], self.img[y0 : y0 + h, x0 : x0 + w]
+        self.img[y0 : y0 + h, x0 : x0 + w] = region * (1 - a) + rgb * a
 
     def done(self) -> np.ndarray:
         return np.clip(self.img + self.rng.normal(0, 3, self.img.shape), 0, 255).astype(np.uint8)
@@ -203,9 +249,17 @@ def _maybe(rng: np.random.Generator, p: float, text: str) -> str:
     return text if rng.random() < p else ""
 
 
-def _objects(p: _Painter, rng: np.random.Generator, *, shapes: list[str], colours: list[str],
-             texture: str, size: str | None = None, position: str | None = None,
-             heldout: str = "") -> np.ndarray:
+def _objects(
+    p: _Painter,
+    rng: np.random.Generator,
+    *,
+    shapes: list[str],
+    colours: list[str],
+    texture: str,
+    size: str | None = None,
+    position: str | None = None,
+    heldout: str = "",
+) -> np.ndarray:
     """``len(shapes)`` objects (several: in distinct quadrants); ``heldout`` in colour/rotate/texture."""
     scene = _Scene(p, rng, texture, "texture" in heldout)
     n = len(shapes)
@@ -240,8 +294,9 @@ def _row(p: _Painter, rng: np.random.Generator, n: int, texture: str) -> np.ndar
     return scene.done()
 
 
-def _glyph_image(p: _Painter, rng: np.random.Generator, alpha: np.ndarray, colour: str,
-                 texture: str, paper: bool) -> np.ndarray:
+def _glyph_image(
+    p: _Painter, rng: np.random.Generator, alpha: np.ndarray, colour: str, texture: str, paper: bool
+) -> np.ndarray:
     scene = _Scene(p, rng, "plain" if paper else texture, False, paper=paper)
     rgb = _colour(rng, colour, False) * (0.3 if paper else 1.0)
     scene.paste(alpha, rgb, *rng.uniform(0.4, 0.6, 2))
@@ -250,8 +305,9 @@ def _glyph_image(p: _Painter, rng: np.random.Generator, alpha: np.ndarray, colou
 
 def _pretraining_pair(p: _Painter, rng: np.random.Generator) -> tuple[np.ndarray, str]:
     """One (image, caption) pair of the pretraining stream: in-distribution styles only."""
-    kind = rng.choice(["objects", "texture", "letter", "digit", "handwritten"],
-                      p=[0.45, 0.08, 0.2, 0.1, 0.17])
+    kind = rng.choice(
+        ["objects", "texture", "letter", "digit", "handwritten"], p=[0.45, 0.08, 0.2, 0.1, 0.17]
+    )
     texture, colour = _pick(rng, TEXTURES), _pick(rng, COLOURS)
     bg = _maybe(rng, 0.6, f" on a {texture} background")
     prefix = _pick(rng, PREFIXES)
@@ -260,10 +316,14 @@ def _pretraining_pair(p: _Painter, rng: np.random.Generator) -> tuple[np.ndarray
         n = 1 if rng.random() < 0.55 else int(rng.integers(2, 5))
         if n == 1:
             size, position = _pick(rng, SIZES), _pick(rng, POSITIONS)
-            img = _objects(p, rng, shapes=[shape], colours=[colour], texture=texture, size=size,
-                           position=position)
-            words = [_maybe(rng, 0.5, size), _maybe(rng, 0.7, colour),
-                     shape if rng.random() < 0.8 else "object"]
+            img = _objects(
+                p, rng, shapes=[shape], colours=[colour], texture=texture, size=size, position=position
+            )
+            words = [
+                _maybe(rng, 0.5, size),
+                _maybe(rng, 0.7, colour),
+                shape if rng.random() < 0.8 else "object",
+            ]
             phrase = " ".join(w for w in words if w)
             article = "one" if rng.random() < 0.3 else ("an" if phrase[0] in "aeiou" else "a")
             text = f"{article} {phrase}{_maybe(rng, 0.5, ' ' + position)}"
@@ -273,22 +333,35 @@ def _pretraining_pair(p: _Painter, rng: np.random.Generator) -> tuple[np.ndarray
             text = f"{NUMBERS[n] if rng.random() < 0.8 else 'some'} {_maybe(rng, 0.7, colour + ' ')}{noun}"
         return img, prefix + text + bg
     if kind == "texture":
-        img = _objects(p, rng, shapes=[_pick(rng, SHAPES)], colours=[colour], texture=texture,
-                       size="small") if rng.random() < 0.5 else _Scene(p, rng, texture, False).done()
+        img = (
+            _objects(p, rng, shapes=[_pick(rng, SHAPES)], colours=[colour], texture=texture, size="small")
+            if rng.random() < 0.5
+            else _Scene(p, rng, texture, False).done()
+        )
         return img, f"{prefix}a {texture} background"
     if kind == "handwritten":
         label = int(rng.integers(*DIGIT_RANGES["pretrain"]))
         digit = int(p.handwritten.target[label])
-        img = _glyph_image(p, rng, p.handwritten_digit(label, int(rng.integers(16, 27))), colour,
-                           texture, False)
-        name = _pick(rng, [f"the handwritten digit {NUMBERS[digit]}", f"a handwritten {NUMBERS[digit]}",
-                           f"the number {NUMBERS[digit]}"])
+        img = _glyph_image(
+            p, rng, p.handwritten_digit(label, int(rng.integers(16, 27))), colour, texture, False
+        )
+        name = _pick(
+            rng,
+            [
+                f"the handwritten digit {NUMBERS[digit]}",
+                f"a handwritten {NUMBERS[digit]}",
+                f"the number {NUMBERS[digit]}",
+            ],
+        )
         return img, prefix + name + _maybe(rng, 0.5, f" in {colour}") + bg
     char = _pick(rng, LETTERS) if kind == "letter" else str(int(rng.integers(10)))
     alpha = p.glyph(_pick(rng, PRETRAIN_FONTS), char, int(rng.integers(14, 25)))
     img = _glyph_image(p, rng, alpha, colour, texture, False)
-    name = (f"the letter {char.lower()}" if kind == "letter"
-            else _pick(rng, [f"the number {NUMBERS[int(char)]}", f"the digit {NUMBERS[int(char)]}"]))
+    name = (
+        f"the letter {char.lower()}"
+        if kind == "letter"
+        else _pick(rng, [f"the number {NUMBERS[int(char)]}", f"the digit {NUMBERS[int(char)]}"])
+    )
     return img, prefix + name + _maybe(rng, 0.5, f" in {colour}") + bg
 
 
@@ -301,21 +374,46 @@ def pretraining_batches(seed: int, batch_size: int) -> Iterator[tuple[np.ndarray
 
 
 _PHOTO = ("a photo of {}.", "{}.", "an image of {}.", "a picture of {}.")
-_NUMBER = ("a photo of the number {}.", "the number {}.", "a handwritten {}.", "the handwritten digit {}.",
-           "the digit {}.")
+_NUMBER = (
+    "a photo of the number {}.",
+    "the number {}.",
+    "a handwritten {}.",
+    "the handwritten digit {}.",
+    "the digit {}.",
+)
 _COUNTS = ("one object", "two objects", "three objects", "four objects")
-DOMAINS: dict[str, DomainSpec] = {d.name: d for d in [  # description = what is held out of pretraining
-    DomainSpec("colour", tuple(COLOURS), tuple(t.format("a {} object") for t in _PHOTO), 0.7, "dark/pastel"),
-    DomainSpec("count", _COUNTS, _PHOTO, 0.8, "rows of small mixed objects"),
-    DomainSpec("digit", NUMBERS, _NUMBER, 0.5, "sklearn digits of unseen writers; ink on paper"),
-    DomainSpec("letter", LETTERS[:10], tuple(t.format("the letter {}") for t in _PHOTO), 0.7,
-               "A-J; unseen fonts, lower case, ink on paper"),
-    DomainSpec("shape", SHAPES, tuple(t.format("a {}") for t in _PHOTO), 0.7, "rotated; dark/pastel"),
-    DomainSpec("texture", tuple(TEXTURES), tuple(t.format("a {} background") for t in _PHOTO), 0.7,
-               "new scales and angles"),
-    DomainSpec("cil_letters", LETTERS[:20], tuple(t.format("the letter {}") for t in _PHOTO), 0.7,
-               "CIL-micro, letters A-T; as 'letter'"),
-]}
+DOMAINS: dict[str, DomainSpec] = {
+    d.name: d
+    for d in [  # description = what is held out of pretraining
+        DomainSpec(
+            "colour", tuple(COLOURS), tuple(t.format("a {} object") for t in _PHOTO), 0.7, "dark/pastel"
+        ),
+        DomainSpec("count", _COUNTS, _PHOTO, 0.8, "rows of small mixed objects"),
+        DomainSpec("digit", NUMBERS, _NUMBER, 0.5, "sklearn digits of unseen writers; ink on paper"),
+        DomainSpec(
+            "letter",
+            LETTERS[:10],
+            tuple(t.format("the letter {}") for t in _PHOTO),
+            0.7,
+            "A-J; unseen fonts, lower case, ink on paper",
+        ),
+        DomainSpec("shape", SHAPES, tuple(t.format("a {}") for t in _PHOTO), 0.7, "rotated; dark/pastel"),
+        DomainSpec(
+            "texture",
+            tuple(TEXTURES),
+            tuple(t.format("a {} background") for t in _PHOTO),
+            0.7,
+            "new scales and angles",
+        ),
+        DomainSpec(
+            "cil_letters",
+            LETTERS[:20],
+            tuple(t.format("the letter {}") for t in _PHOTO),
+            0.7,
+            "CIL-micro, letters A-T; as 'letter'",
+        ),
+    ]
+}
 MTIL_MICRO_ORDERS = {
     "order1": ["colour", "count", "digit", "letter", "shape", "texture"],  # alphabetical, as ZSCL
     "order2": ["shape", "digit", "texture", "colour", "letter", "count"],
@@ -334,18 +432,31 @@ def cil_micro_steps(n_steps: int, seed: int = 1993) -> list[list[int]]:
     if n_steps <= 0 or n % n_steps:
         raise DataError("cil_micro_steps", f"n_steps={n_steps}", f"a positive divisor of {n}")
     order = np.random.default_rng(seed).permutation(n).tolist()
-    return [order[i:i + n // n_steps] for i in range(0, n, n // n_steps)]
+    return [order[i : i + n // n_steps] for i in range(0, n, n // n_steps)]
 
 
-def _domain_image(p: _Painter, rng: np.random.Generator, domain: str, label: int, heldout: bool,
-                  split: str) -> np.ndarray:
+def _domain_image(
+    p: _Painter, rng: np.random.Generator, domain: str, label: int, heldout: bool, split: str
+) -> np.ndarray:
     texture, colour, shape = _pick(rng, TEXTURES), _pick(rng, COLOURS), _pick(rng, SHAPES)
     if domain == "shape":
-        return _objects(p, rng, shapes=[SHAPES[label]], colours=[colour], texture=texture,
-                        heldout="rotate colour" if heldout else "")
+        return _objects(
+            p,
+            rng,
+            shapes=[SHAPES[label]],
+            colours=[colour],
+            texture=texture,
+            heldout="rotate colour" if heldout else "",
+        )
     if domain == "colour":
-        return _objects(p, rng, shapes=[shape], colours=[list(COLOURS)[label]], texture=texture,
-                        heldout="colour" if heldout else "")
+        return _objects(
+            p,
+            rng,
+            shapes=[shape],
+            colours=[list(COLOURS)[label]],
+            texture=texture,
+            heldout="colour" if heldout else "",
+        )
     if domain == "count":
         n = label + 1
         if heldout:
@@ -354,8 +465,15 @@ def _domain_image(p: _Painter, rng: np.random.Generator, domain: str, label: int
     if domain == "texture":
         tex = list(TEXTURES)[label]
         if rng.random() < 0.5:
-            return _objects(p, rng, shapes=[shape], colours=[colour], texture=tex, size="small",
-                            heldout="texture" if heldout else "")
+            return _objects(
+                p,
+                rng,
+                shapes=[shape],
+                colours=[colour],
+                texture=tex,
+                size="small",
+                heldout="texture" if heldout else "",
+            )
         return _Scene(p, rng, tex, heldout).done()
     if domain == "digit":
         lo, hi = DIGIT_RANGES[split]
@@ -369,16 +487,20 @@ def _domain_image(p: _Painter, rng: np.random.Generator, domain: str, label: int
     return _glyph_image(p, rng, alpha, colour, texture, paper=style == 2)
 
 
-def make_split(domain: str, split: str, n: int, seed: int = 0,
-               heldout_fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def make_split(
+    domain: str, split: str, n: int, seed: int = 0, heldout_fraction: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` class-balanced images of a domain: (uint8 N x 32 x 32 x 3, int64 labels).
 
     Deterministic in its arguments; train and test use disjoint random streams and digit writers.
     ``heldout_fraction`` overrides the domain's share of held-out-style images (1.0 = only those).
     """
     if domain not in DOMAINS:
-        raise UnknownNameError(f"micro domain '{domain}'", "is not a known domain" +
-                               closest(domain, DOMAINS), f"one of: {', '.join(DOMAINS)}")
+        raise UnknownNameError(
+            f"micro domain '{domain}'",
+            "is not a known domain" + closest(domain, DOMAINS),
+            f"one of: {', '.join(DOMAINS)}",
+        )
     if split not in ("train", "test"):
         raise DataError(f"micro/{domain}", f"split '{split}'", "'train' or 'test'")
     if n <= 0:
@@ -389,16 +511,26 @@ def make_split(domain: str, split: str, n: int, seed: int = 0,
     labels = rng.permutation(np.arange(n) % spec.n_classes)
     heldout = rng.random(n) < frac
     painter = _Painter()  # glyph cache local to this call
-    images = np.stack([_domain_image(painter, rng, domain, int(y), bool(h), split)
-                       for y, h in zip(labels, heldout)])
+    images = np.stack(
+        [_domain_image(painter, rng, domain, int(y), bool(h), split) for y, h in zip(labels, heldout)]
+    )
     return images, labels.astype(np.int64)
 
 
 def vocabulary_words() -> list[str]:
     """Every word a caption, class name or template can contain (sorted, lower case)."""
-    parts = [*SHAPES, *PLURALS.values(), *COLOURS, *TEXTURES, *NUMBERS, *POSITIONS,
-             *SIZES, *PREFIXES, *(c.lower() for c in LETTERS),
-             "a an one some object objects background the letter number digit handwritten in on"]
+    parts = [
+        *SHAPES,
+        *PLURALS.values(),
+        *COLOURS,
+        *TEXTURES,
+        *NUMBERS,
+        *POSITIONS,
+        *SIZES,
+        *PREFIXES,
+        *(c.lower() for c in LETTERS),
+        "a an one some object objects background the letter number digit handwritten in on",
+    ]
     for spec in DOMAINS.values():
         parts += [*spec.classnames, *spec.templates]
     return sorted({w for part in parts for w in tokenize_words(part)})

@@ -47,8 +47,11 @@ def resolve_corpus(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     if not path.is_file():
         found = "no such file" if not path.exists() else "is not a file"
-        raise DataError(f"corpus '{name_or_path}'", found,
-                        f"a .txt/.jsonl file (optionally .xz/.gz) or a bundled corpus: {', '.join(BUNDLED)}")
+        raise DataError(
+            f"corpus '{name_or_path}'",
+            found,
+            f"a .txt/.jsonl file (optionally .xz/.gz) or a bundled corpus: {', '.join(BUNDLED)}",
+        )
     return path
 
 
@@ -65,8 +68,9 @@ def _is_jsonl(path: Path) -> bool:
     return bool(suffixes) and suffixes[-1] in (".jsonl", ".json")
 
 
-def iter_texts(path: str | Path, stats: ReadStats | None = None,
-               max_bytes: int | None = None) -> Iterator[str]:
+def iter_texts(
+    path: str | Path, stats: ReadStats | None = None, max_bytes: int | None = None
+) -> Iterator[str]:
     """Stream the documents of a corpus file, skipping (and counting in ``stats``) bad lines.
 
     Stops after the document that brings the kept UTF-8 bytes to ``max_bytes``.
@@ -112,6 +116,7 @@ def read_texts(name_or_path: str, max_bytes: int | None = None) -> tuple[list[st
     try:
         texts = list(iter_texts(path, stats, max_bytes))
     except (OSError, EOFError, lzma.LZMAError) as err:
-        raise DataError(f"corpus '{name_or_path}'", f"cannot be read ({err})",
-                        "a readable text file") from None
+        raise DataError(
+            f"corpus '{name_or_path}'", f"cannot be read ({err})", "a readable text file"
+        ) from None
     return texts, stats

@@ -16,7 +16,8 @@ streams. Real datasets (seed Table 6.2) are read in their standard on-disk layou
 `madapt.data.vp_real.load_real`; `load_folder` here is its fallback, an ImageFolder tree
 ``data_root/<name>/{train,test[,val]}/<class>/*`` (e.g. splits exported to folders). Both turn PIL
 images into tensors with `image_transform` (the prompt's own resize, see there); `holdout` carves
-a stratified validation split out of a training set that has none (Table 6.2's 40k + 10k CIFAR). The bundled source classifier trained on `SOURCE_CLASSES`
+a stratified validation split out of a training set that has none (Table 6.2's 40k + 10k CIFAR).
+The bundled source classifier trained on `SOURCE_CLASSES`
 is backbone ``micro-source`` (`madapt.backbones.classifier.load_micro_source`).
 """
 
@@ -72,13 +73,18 @@ def _target_image(p: Any, rng: np.random.Generator, name: str, label: int, split
         alpha = p.glyph(syn._pick(rng, syn.HELDOUT_FONTS), LOWER[label], int(rng.integers(14, 25)))
         return syn._glyph_image(p, rng, alpha, colour, texture, paper=False)
     if name == "shapes":
-        return syn._objects(p, rng, shapes=[syn.SHAPES[label]], colours=[colour], texture=texture,
-                            heldout="rotate colour")
+        return syn._objects(
+            p, rng, shapes=[syn.SHAPES[label]], colours=[colour], texture=texture, heldout="rotate colour"
+        )
     return syn._Scene(p, rng, list(syn.TEXTURES)[label], True).done()
 
 
-def _render(n_classes: int, per_class: int, rng: np.random.Generator,
-            draw: Callable[[Any, np.random.Generator, int], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _render(
+    n_classes: int,
+    per_class: int,
+    rng: np.random.Generator,
+    draw: Callable[[Any, np.random.Generator, int], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
     labels = rng.permutation(np.repeat(np.arange(n_classes), per_class))
     painter = syn._Painter()  # glyph cache local to this call
     images = np.stack([draw(painter, rng, int(y)) for y in labels])
@@ -95,13 +101,16 @@ def source_split(split: str, per_class: int, seed: int = 0) -> tuple[np.ndarray,
 def micro_split(name: str, split: str, per_class: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Class-balanced images of micro target ``name``; train and test use disjoint random streams."""
     if name not in MICRO_TARGETS:
-        raise UnknownNameError(f"micro VP dataset '{name}'",
-                               "is not a known dataset" + closest(name, MICRO_TARGETS),
-                               "one of: " + ", ".join(MICRO_TARGETS))
+        raise UnknownNameError(
+            f"micro VP dataset '{name}'",
+            "is not a known dataset" + closest(name, MICRO_TARGETS),
+            "one of: " + ", ".join(MICRO_TARGETS),
+        )
     _check_split(f"micro VP dataset '{name}'", split, per_class)
     rng = np.random.default_rng([seed, list(MICRO_TARGETS).index(name), _SPLITS.index(split)])
-    return _render(len(MICRO_TARGETS[name]), per_class, rng,
-                   lambda p, r, y: _target_image(p, r, name, y, split))
+    return _render(
+        len(MICRO_TARGETS[name]), per_class, rng, lambda p, r, y: _target_image(p, r, name, y, split)
+    )
 
 
 def _check_split(where: str, split: str, per_class: int) -> None:
@@ -144,8 +153,9 @@ class TargetData:
         return np.asarray(self.train.targets, dtype=np.int64)
 
 
-def load_micro(name: str, train_per_class: int, test_per_class: int, seed: int = 0,
-               val_per_class: int = 0) -> TargetData:
+def load_micro(
+    name: str, train_per_class: int, test_per_class: int, seed: int = 0, val_per_class: int = 0
+) -> TargetData:
     """Micro target ``name`` with the given images per class (no validation split when 0)."""
     train = ImageArray(*micro_split(name, "train", train_per_class, seed))
     test = ImageArray(*micro_split(name, "test", test_per_class, seed))
@@ -201,16 +211,23 @@ def load_folder(data_root: str | Path, name: str, transform: Callable[[Any], Any
         if not classes and split == "val":
             continue
         if not classes:
-            raise DataError(f"dataset '{name}' split '{split}'", f"no class folders in {folder}",
-                            f"the layout {layout}")
+            raise DataError(
+                f"dataset '{name}' split '{split}'", f"no class folders in {folder}", f"the layout {layout}"
+            )
         try:
             splits[split] = datasets.ImageFolder(str(folder), transform=transform)  # loader converts to RGB
         except (FileNotFoundError, RuntimeError) as err:
-            raise DataError(f"dataset '{name}' split '{split}'", str(err).splitlines()[0][:120],
-                            f"images in the layout {layout}") from None
+            raise DataError(
+                f"dataset '{name}' split '{split}'",
+                str(err).splitlines()[0][:120],
+                f"images in the layout {layout}",
+            ) from None
         if splits[split].classes != splits["train"].classes:
-            raise DataError(f"dataset '{name}'", f"train and {split} have different class folders",
-                            f"the same class folder names in train/ and {split}/")
+            raise DataError(
+                f"dataset '{name}'",
+                f"train and {split} have different class folders",
+                f"the same class folder names in train/ and {split}/",
+            )
     return TargetData(name, list(splits["train"].classes), splits["train"], splits["test"], splits.get("val"))
 
 
@@ -224,16 +241,27 @@ def holdout(data: TargetData, n_val: int, seed: int = 0) -> TargetData:
 
     labels = np.asarray(data.train.targets)
     if not 0 < n_val < len(labels):
-        raise DataError(f"dataset '{data.name}'", f"{len(labels)} training images",
-                        f"more than the {n_val} held out for validation")
+        raise DataError(
+            f"dataset '{data.name}'",
+            f"{len(labels)} training images",
+            f"more than the {n_val} held out for validation",
+        )
     # stratified whenever it can be (every class with two images or more: all of Table 6.2)
     counts = np.unique(labels, return_counts=True)[1]
     stratify = labels if counts.min() >= 2 and n_val >= len(counts) else None
-    train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=n_val, stratify=stratify,
-                                          random_state=seed)
-    parts = [LabeledDataset(data.name, data.train, sorted(int(i) for i in idx),
-                            [int(labels[i]) for i in sorted(idx)], data.classnames)
-             for idx in (train_idx, val_idx)]
+    train_idx, val_idx = train_test_split(
+        np.arange(len(labels)), test_size=n_val, stratify=stratify, random_state=seed
+    )
+    parts = [
+        LabeledDataset(
+            data.name,
+            data.train,
+            sorted(int(i) for i in idx),
+            [int(labels[i]) for i in sorted(idx)],
+            data.classnames,
+        )
+        for idx in (train_idx, val_idx)
+    ]
     return TargetData(data.name, data.classnames, parts[0], data.test, parts[1])
 
 

@@ -68,11 +68,20 @@ class CostAccumulator:
     is a pass over the float64 matrix (~50 ms at 555 x 21843), hence the large default.
     """
 
-    def __init__(self, n_source: int, n_target: int, device: str | torch.device = "cpu",
-                 flush_rows: int = 16384, counts: bool = True) -> None:
+    def __init__(
+        self,
+        n_source: int,
+        n_target: int,
+        device: str | torch.device = "cpu",
+        flush_rows: int = 16384,
+        counts: bool = True,
+    ) -> None:
         if n_target < 1 or n_source < 1:
-            raise DataError("label mapping", f"n_source={n_source}, n_target={n_target}",
-                            "at least one source and one target class")
+            raise DataError(
+                "label mapping",
+                f"n_source={n_source}, n_target={n_target}",
+                "at least one source and one target class",
+            )
         self.n_source, self.n_target = int(n_source), int(n_target)
         self.flush_rows = int(flush_rows)
         # Target-major layout: index_add_ along dim 0 adds whole contiguous rows, and the solver
@@ -80,8 +89,9 @@ class CostAccumulator:
         self._total = torch.zeros(self.n_target, self.n_source, dtype=torch.float64, device=device)
         self._buffer = torch.zeros(self.n_target, self.n_source, dtype=torch.float32, device=device)
         # int32 is enough for 2^31 samples and halves the copy made by `stats()`.
-        self._counts = (torch.zeros(self.n_target * self.n_source, dtype=torch.int32, device=device)
-                        if counts else None)
+        self._counts = (
+            torch.zeros(self.n_target * self.n_source, dtype=torch.int32, device=device) if counts else None
+        )
         self._buffered_rows = 0
         self.n_samples = 0
 
@@ -134,59 +144,88 @@ class CostAccumulator:
     def stats(self) -> MappingStats:
         """The accumulated sums as (n_source, n_target) numpy arrays (transposed views of copies)."""
         if self.n_samples == 0:
-            raise DataError("label mapping", "no samples were accumulated",
-                            "at least one batch of source outputs before fitting")
+            raise DataError(
+                "label mapping",
+                "no samples were accumulated",
+                "at least one batch of source outputs before fitting",
+            )
         # total + buffer is what a flush would leave, in one new array: no flush, no extra copy
         # (at 555 x 21843 each avoided pass over the float64 matrix is ~50-100 ms)
         prob_sums = torch.add(self._total, self._buffer).cpu().numpy().T
-        counts = (None if self._counts is None
-                  else self._counts.view(self.n_target, self.n_source).cpu().numpy().copy().T)
+        counts = (
+            None
+            if self._counts is None
+            else self._counts.view(self.n_target, self.n_source).cpu().numpy().copy().T
+        )
         return MappingStats(prob_sums=prob_sums, counts=counts, n_samples=self.n_samples)
 
 
-def _check_batch(probs: torch.Tensor, labels: torch.Tensor, n_source: int,
-                 n_target: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_batch(
+    probs: torch.Tensor, labels: torch.Tensor, n_source: int, n_target: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate one batch; raise `DataError` naming what is wrong."""
     probs, labels = torch.as_tensor(probs), torch.as_tensor(labels)
     if probs.ndim != 2 or probs.shape[1] != n_source:
-        raise DataError("label mapping source_probs", f"shape {tuple(probs.shape)}",
-                        f"(batch, {n_source}) softmax outputs over the source classes")
+        raise DataError(
+            "label mapping source_probs",
+            f"shape {tuple(probs.shape)}",
+            f"(batch, {n_source}) softmax outputs over the source classes",
+        )
     if labels.ndim != 1 or labels.shape[0] != probs.shape[0]:
-        raise DataError("label mapping target_labels", f"shape {tuple(labels.shape)}",
-                        f"({probs.shape[0]},): one target label per row of source_probs")
+        raise DataError(
+            "label mapping target_labels",
+            f"shape {tuple(labels.shape)}",
+            f"({probs.shape[0]},): one target label per row of source_probs",
+        )
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise DataError("label mapping target_labels", f"dtype {labels.dtype}", "integer class indices")
     if labels.numel() == 0:
         return probs, labels.long()
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= n_target:
-        raise DataError("label mapping target_labels", f"values in [{lo}, {hi}]",
-                        f"class indices in [0, {n_target - 1}] (n_target={n_target})")
+        raise DataError(
+            "label mapping target_labels",
+            f"values in [{lo}, {hi}]",
+            f"class indices in [0, {n_target - 1}] (n_target={n_target})",
+        )
     if not probs.dtype.is_floating_point:
         raise DataError("label mapping source_probs", f"dtype {probs.dtype}", "floating-point probabilities")
     row_sums = probs.sum(dim=1)
     worst = float((row_sums - 1.0).abs().max())
     if worst > PROB_SUM_TOLERANCE or float(probs.amin()) < 0:
-        raise DataError("label mapping source_probs",
-                        f"rows summing to {float(row_sums.min()):.4g}..{float(row_sums.max()):.4g} "
-                        f"with minimum entry {float(probs.amin()):.4g}",
-                        "softmax probabilities (non-negative rows summing to 1; apply softmax to logits)")
+        raise DataError(
+            "label mapping source_probs",
+            f"rows summing to {float(row_sums.min()):.4g}..{float(row_sums.max()):.4g} "
+            f"with minimum entry {float(probs.amin()):.4g}",
+            "softmax probabilities (non-negative rows summing to 1; apply softmax to logits)",
+        )
     return probs, labels.long()
 
 
-def accumulate(source_probs: torch.Tensor | np.ndarray, target_labels: torch.Tensor | np.ndarray,
-               n_target: int, batch_size: int = DEFAULT_BATCH_SIZE, counts: bool = True) -> CostAccumulator:
+def accumulate(
+    source_probs: torch.Tensor | np.ndarray,
+    target_labels: torch.Tensor | np.ndarray,
+    n_target: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    counts: bool = True,
+) -> CostAccumulator:
     """Feed an in-memory (N, n_source) probability matrix to a `CostAccumulator` in batches."""
     probs, labels = torch.as_tensor(source_probs), torch.as_tensor(target_labels)
     if probs.ndim != 2:
-        raise DataError("label mapping source_probs", f"shape {tuple(probs.shape)}",
-                        "a 2-D (n_samples, n_source) matrix of softmax outputs")
+        raise DataError(
+            "label mapping source_probs",
+            f"shape {tuple(probs.shape)}",
+            "a 2-D (n_samples, n_source) matrix of softmax outputs",
+        )
     if labels.ndim != 1 or labels.shape[0] != probs.shape[0]:
-        raise DataError("label mapping target_labels", f"shape {tuple(labels.shape)}",
-                        f"({probs.shape[0]},): one target label per row of source_probs")
+        raise DataError(
+            "label mapping target_labels",
+            f"shape {tuple(labels.shape)}",
+            f"({probs.shape[0]},): one target label per row of source_probs",
+        )
     acc = CostAccumulator(probs.shape[1], n_target, device=probs.device, counts=counts)
     for start in range(0, probs.shape[0], batch_size):
-        acc.update(probs[start:start + batch_size], labels[start:start + batch_size])
+        acc.update(probs[start : start + batch_size], labels[start : start + batch_size])
     return acc
 
 
@@ -212,14 +251,22 @@ def frequency_cost_from_counts(counts: np.ndarray) -> np.ndarray:
     return counts.max() - counts
 
 
-def ot_cost(source_probs: torch.Tensor | np.ndarray, target_labels: torch.Tensor | np.ndarray,
-            n_target: int, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+def ot_cost(
+    source_probs: torch.Tensor | np.ndarray,
+    target_labels: torch.Tensor | np.ndarray,
+    n_target: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> np.ndarray:
     """OTLM cost matrix (n_source, n_target) of eq. 6.10, computed in batches of ``batch_size``."""
     acc = accumulate(source_probs, target_labels, n_target, batch_size, counts=False)
     return ot_cost_from_sums(acc.stats().prob_sums)
 
 
-def frequency_matrix(source_probs: torch.Tensor | np.ndarray, target_labels: torch.Tensor | np.ndarray,
-                     n_target: int, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+def frequency_matrix(
+    source_probs: torch.Tensor | np.ndarray,
+    target_labels: torch.Tensor | np.ndarray,
+    n_target: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> np.ndarray:
     """Argmax counts (n_source, n_target): FLM's frequency matrix (as ILM-VP's ``get_dist_matrix``)."""
     return accumulate(source_probs, target_labels, n_target, batch_size).stats().counts

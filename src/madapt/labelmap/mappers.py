@@ -46,8 +46,12 @@ COSTS = {
     "ot": lambda stats: ot_cost_from_sums(stats.prob_sums),  # eq. 6.10
     "frequency": lambda stats: frequency_cost_from_counts(stats.counts),  # §6.4.4, C_f = max(A) - A
 }
-SOURCES_PER_CLASS = Field(1, ge=1, description="source classes per target class, logits averaged "
-                                               "(AutoVP's out_map_num: 1, 5 or 10); 1 in the thesis")
+SOURCES_PER_CLASS = Field(
+    1,
+    ge=1,
+    description="source classes per target class, logits averaged "
+    "(AutoVP's out_map_num: 1, 5 or 10); 1 in the thesis",
+)
 
 
 class NoOptions(Strict):
@@ -69,8 +73,11 @@ class ILMConfig(Strict):
 
 class OTLMConfig(Strict):
     solver: Literal["lsa", "greedy", "emd", "partial"] = Field(
-        "lsa", description="eq. 6.11: exact assignment (lsa, = emd, partial); greedy is ILM-VP's (Table 6.9)")
-    cost: Literal["ot", "frequency"] = Field("ot", description="eq. 6.10 (ot) or §6.4.4 (frequency), Table 6.9")
+        "lsa", description="eq. 6.11: exact assignment (lsa, = emd, partial); greedy is ILM-VP's (Table 6.9)"
+    )
+    cost: Literal["ot", "frequency"] = Field(
+        "ot", description="eq. 6.10 (ot) or §6.4.4 (frequency), Table 6.9"
+    )
     mapping_interval: int | None = Field(1, ge=1, description="epochs between refreshes; None: map once")
     sources_per_class: int = SOURCES_PER_CLASS
 
@@ -95,7 +102,9 @@ def validate_options(config: type[Strict], options: dict[str, Any] | Strict | No
         elif first["type"] == "literal_error":
             hint = closest(str(first["input"]), get_args(config.model_fields[key].annotation))
         valid = ", ".join(config.model_fields) or "none"
-        raise ConfigError(f"{where}.{key}" if key else where, first["msg"] + hint, f"options: {valid}") from None
+        raise ConfigError(
+            f"{where}.{key}" if key else where, first["msg"] + hint, f"options: {valid}"
+        ) from None
 
 
 class LabelMapper(ABC):
@@ -113,8 +122,9 @@ class LabelMapper(ABC):
     def __init__(self, config: Strict | None = None, /, run_seed: int = 0, **options: Any) -> None:
         if config is not None and options:
             raise ConfigError(f"label mapping '{self.name}'", "both a Config and options", "one of the two")
-        self.config = validate_options(self.Config, options if config is None else config,
-                                       f"label mapping '{self.name}'")
+        self.config = validate_options(
+            self.Config, options if config is None else config, f"label mapping '{self.name}'"
+        )
         self.run_seed = int(run_seed)
         self.mapping_: np.ndarray | None = None
         self.n_source_: int | None = None
@@ -126,8 +136,13 @@ class LabelMapper(ABC):
         return int(getattr(self.config, "sources_per_class", 1))
 
     # -- fitting -------------------------------------------------------------------------------
-    def fit(self, source_probs: torch.Tensor | np.ndarray, target_labels: torch.Tensor | np.ndarray,
-            n_target: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> LabelMapper:
+    def fit(
+        self,
+        source_probs: torch.Tensor | np.ndarray,
+        target_labels: torch.Tensor | np.ndarray,
+        n_target: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> LabelMapper:
         """Fit on (N, n_source) softmax outputs and (N,) target labels; returns ``self``.
 
         ``n_target`` defaults to ``max(label) + 1``; pass it when some class may be absent.
@@ -137,14 +152,19 @@ class LabelMapper(ABC):
             raise DataError("label mapping target_labels", "no labels", "at least one labelled sample")
         n_target = int(labels.max()) + 1 if n_target is None else int(n_target)
         if probs.ndim != 2:
-            raise DataError(f"label mapping '{self.name}' source_probs", f"shape {tuple(probs.shape)}",
-                            "a 2-D (n_samples, n_source) matrix of softmax outputs")
+            raise DataError(
+                f"label mapping '{self.name}' source_probs",
+                f"shape {tuple(probs.shape)}",
+                "a 2-D (n_samples, n_source) matrix of softmax outputs",
+            )
         self._check_sizes(probs.shape[1], n_target)
         if not self.requires_data:
             if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= n_target):
-                raise DataError(f"label mapping '{self.name}' target_labels",
-                                f"values in [{int(labels.min())}, {int(labels.max())}]",
-                                f"class indices in [0, {n_target - 1}] (n_target={n_target})")
+                raise DataError(
+                    f"label mapping '{self.name}' target_labels",
+                    f"values in [{int(labels.min())}, {int(labels.max())}]",
+                    f"class indices in [0, {n_target - 1}] (n_target={n_target})",
+                )
             return self.fit_shape(probs.shape[1], n_target)
         return self.fit_from_stats(accumulate(probs, labels, n_target, batch_size, counts=self.needs_counts))
 
@@ -158,8 +178,9 @@ class LabelMapper(ABC):
         """Whether fitting uses the argmax counts (else an accumulator may skip them)."""
         return False
 
-    def make_accumulator(self, n_source: int, n_target: int,
-                         device: str | torch.device = "cpu") -> CostAccumulator:
+    def make_accumulator(
+        self, n_source: int, n_target: int, device: str | torch.device = "cpu"
+    ) -> CostAccumulator:
         """An accumulator gathering exactly what this mapper needs (for mapping during training)."""
         self._check_sizes(n_source, n_target)
         return CostAccumulator(n_source, n_target, device=device, counts=self.needs_counts)
@@ -181,7 +202,10 @@ class LabelMapper(ABC):
             found = f"{n_target} target classes but only {n_source} source classes"
             expected = "n_target <= n_source for a one-to-one mapping"
             if k > 1:
-                found, expected = f"{k} sources for each of {found}", "n_target * sources_per_class <= n_source"
+                found, expected = (
+                    f"{k} sources for each of {found}",
+                    "n_target * sources_per_class <= n_source",
+                )
             raise ConfigError(f"label mapping '{self.name}'", found, expected)
 
     @abstractmethod
@@ -201,9 +225,11 @@ class LabelMapper(ABC):
         if self.mapping_ is None:
             raise RuntimeError(f"{type(self).__name__}.transform called before fit")
         if source_logits.shape[-1] != self.n_source_:
-            raise DataError(f"label mapping '{self.name}' source_logits",
-                            f"shape {tuple(source_logits.shape)}",
-                            f"last dimension {self.n_source_} (the source classes seen at fit)")
+            raise DataError(
+                f"label mapping '{self.name}' source_logits",
+                f"shape {tuple(source_logits.shape)}",
+                f"last dimension {self.n_source_} (the source classes seen at fit)",
+            )
         index = torch.as_tensor(self.mapping_, device=source_logits.device)
         if index.ndim == 1:
             return source_logits.index_select(-1, index)
@@ -214,21 +240,31 @@ class LabelMapper(ABC):
         """Results entry of the mapping: source indices, their names and both average costs."""
         n_target = len(self.mapping_)
         rows = np.asarray(self.mapping_).reshape(n_target, -1)
-        return {"mapping": self.mapping_.tolist(),
-                "mapped_names": [" + ".join(source_names[i] for i in row) for row in rows],
-                "mapping_cost": None if self.mapping_cost_ is None else self.mapping_cost_ / n_target,
-                "ot_cost": None if self.ot_cost_ is None else self.ot_cost_ / n_target}
+        return {
+            "mapping": self.mapping_.tolist(),
+            "mapped_names": [" + ".join(source_names[i] for i in row) for row in rows],
+            "mapping_cost": None if self.mapping_cost_ is None else self.mapping_cost_ / n_target,
+            "ot_cost": None if self.ot_cost_ is None else self.ot_cost_ / n_target,
+        }
 
     # -- checkpointing (JSON-friendly) ---------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         mapping = None if self.mapping_ is None else np.asarray(self.mapping_).tolist()
-        return {"name": self.name, "n_source": self.n_source_, "mapping": mapping,
-                "mapping_cost": self.mapping_cost_, "ot_cost": self.ot_cost_}
+        return {
+            "name": self.name,
+            "n_source": self.n_source_,
+            "mapping": mapping,
+            "mapping_cost": self.mapping_cost_,
+            "ot_cost": self.ot_cost_,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("name") != self.name:
-            raise ConfigError("label mapping state", f"saved by mapper '{state.get('name')}'",
-                              f"a state saved by '{self.name}'")
+            raise ConfigError(
+                "label mapping state",
+                f"saved by mapper '{state.get('name')}'",
+                f"a state saved by '{self.name}'",
+            )
         mapping = state["mapping"]
         self.mapping_ = None if mapping is None else np.asarray(mapping, dtype=np.int64)
         self.n_source_ = state["n_source"]
@@ -243,8 +279,11 @@ class Identity(LabelMapper):
 
     def _check_sizes(self, n_source: int, n_target: int) -> None:
         if n_source != n_target:
-            raise ConfigError("label mapping 'identity'", f"{n_source} outputs for {n_target} target classes",
-                              "a head with one output per target class")
+            raise ConfigError(
+                "label mapping 'identity'",
+                f"{n_source} outputs for {n_target} target classes",
+                "a head with one output per target class",
+            )
 
     def _choose(self, stats: MappingStats) -> np.ndarray:
         return np.arange(stats.n_target, dtype=np.int64)
@@ -301,8 +340,11 @@ class CostMapper(LabelMapper):
 
     def _choose(self, stats: MappingStats) -> np.ndarray:
         if self.needs_counts and stats.counts is None:
-            raise ConfigError(f"label mapping '{self.name}'", "statistics without argmax counts",
-                              "an accumulator built with counts=True (see make_accumulator)")
+            raise ConfigError(
+                f"label mapping '{self.name}'",
+                "statistics without argmax counts",
+                "an accumulator built with counts=True (see make_accumulator)",
+            )
         cost = COSTS[self.cost](stats)
         mapping = solve(cost, self.solver, self.per_target)
         # Kept for reports: the average cost of Figure 6.3 is mapping_cost_ / n_target.

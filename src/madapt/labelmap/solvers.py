@@ -51,11 +51,16 @@ def check_cost(cost: np.ndarray, per_target: int = 1) -> np.ndarray:
         raise ConfigError("label mapping sources_per_class", str(per_target), "at least 1")
     if n_target * per_target > n_source:
         if per_target == 1:
-            raise ConfigError("label mapping", f"{n_target} target classes but only {n_source} source classes",
-                              "n_target <= n_source for a one-to-one mapping")
-        raise ConfigError("label mapping sources_per_class",
-                          f"{per_target} sources for each of {n_target} target classes but only {n_source} "
-                          "source classes", "n_target * sources_per_class <= n_source")
+            raise ConfigError(
+                "label mapping",
+                f"{n_target} target classes but only {n_source} source classes",
+                "n_target <= n_source for a one-to-one mapping",
+            )
+        raise ConfigError(
+            "label mapping sources_per_class",
+            f"{per_target} sources for each of {n_target} target classes but only {n_source} source classes",
+            "n_target * sources_per_class <= n_source",
+        )
     if not np.isfinite(cost).all():
         raise DataError("label mapping cost", "non-finite entries (nan or inf)", "finite costs")
     return cost
@@ -149,13 +154,17 @@ def solve_emd(cost: np.ndarray, per_target: int = 1, num_itermax: int = DEFAULT_
     cost_dummy = np.hstack([cost, np.zeros((n_source, 1))])
     plan, log = ot.emd(p, q_dummy, cost_dummy, numItermax=num_itermax, log=True)
     if log.get("warning"):
-        raise ConfigError("label mapping solver 'emd'", f"POT stopped early: {log['warning']}",
-                          f"convergence within num_itermax={num_itermax} (raise num_itermax)")
+        raise ConfigError(
+            "label mapping solver 'emd'",
+            f"POT stopped early: {log['warning']}",
+            f"convergence within num_itermax={num_itermax} (raise num_itermax)",
+        )
     return plan_to_mapping(plan[:, :n_target], per_target)
 
 
-def solve_partial(cost: np.ndarray, per_target: int = 1,
-                  num_itermax: int = DEFAULT_NUM_ITERMAX) -> np.ndarray:
+def solve_partial(
+    cost: np.ndarray, per_target: int = 1, num_itermax: int = DEFAULT_NUM_ITERMAX
+) -> np.ndarray:
     """Partial OT of eq. 6.4–6.5 with POT's `partial_wasserstein`, mass m = k·n_target / n_source."""
     import ot
 
@@ -165,8 +174,11 @@ def solve_partial(cost: np.ndarray, per_target: int = 1,
     try:
         plan = ot.partial.partial_wasserstein(p, q, cost, m=min(float(q.sum()), 1.0), numItermax=num_itermax)
     except ValueError as exc:  # POT reports a failed network simplex as ValueError
-        raise ConfigError("label mapping solver 'partial'", f"POT failed: {exc}",
-                          f"convergence within num_itermax={num_itermax} (raise num_itermax)") from exc
+        raise ConfigError(
+            "label mapping solver 'partial'",
+            f"POT failed: {exc}",
+            f"convergence within num_itermax={num_itermax} (raise num_itermax)",
+        ) from exc
     return plan_to_mapping(plan, per_target)
 
 
@@ -180,8 +192,9 @@ SOLVERS: dict[str, Callable[..., np.ndarray]] = {
 
 def check_solver_name(solver: str) -> str:
     if solver not in SOLVERS:
-        raise ConfigError("label mapping solver", f"'{solver}'" + closest(solver, SOLVERS),
-                          "one of: " + ", ".join(SOLVERS))
+        raise ConfigError(
+            "label mapping solver", f"'{solver}'" + closest(solver, SOLVERS), "one of: " + ", ".join(SOLVERS)
+        )
     return solver
 
 

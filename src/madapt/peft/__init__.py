@@ -9,5 +9,13 @@
 from madapt.peft.visual_prompt import ExpansivePrompt, PadPrompter, PlainInput, trainable_names
 from madapt.peft.vpt import VPTDeep, VPTDeepSwin, build_vpt_deep, supports_vpt_deep
 
-__all__ = ["ExpansivePrompt", "PadPrompter", "PlainInput", "VPTDeep", "VPTDeepSwin", "build_vpt_deep", "supports_vpt_deep",
-           "trainable_names"]
+__all__ = [
+    "ExpansivePrompt",
+    "PadPrompter",
+    "PlainInput",
+    "VPTDeep",
+    "VPTDeepSwin",
+    "build_vpt_deep",
+    "supports_vpt_deep",
+    "trainable_names",
+]

@@ -65,8 +65,9 @@ class PlainInput(nn.Module):
 class PadPrompter(PlainInput):
     """Bahng et al.'s padding prompt: four ``randn`` pads added over the normalised image's border."""
 
-    def __init__(self, image_size: tuple[int, int], mean: Sequence[float], std: Sequence[float],
-                 pad: int) -> None:
+    def __init__(
+        self, image_size: tuple[int, int], mean: Sequence[float], std: Sequence[float], pad: int
+    ) -> None:
         super().__init__(image_size, mean, std)
         h, w = self.image_size
         if not 0 < 2 * pad < min(h, w):
@@ -92,13 +93,21 @@ class ExpansivePrompt(PlainInput):
     """ILM-VP's expansive prompt: the ``image_size`` image zero-padded to ``input_size``, plus
     ``sigmoid(program)`` on the padding, then normalised."""
 
-    def __init__(self, image_size: tuple[int, int], input_size: tuple[int, int], mean: Sequence[float],
-                 std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        image_size: tuple[int, int],
+        input_size: tuple[int, int],
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
         super().__init__(image_size, mean, std)
         (h, w), (out_h, out_w) = self.image_size, (int(input_size[0]), int(input_size[1]))
         if h != w or out_h != out_w or not 0 < h < out_h:
-            raise ConfigError("prompt.image_size", f"{h}x{w} image in a {out_h}x{out_w} input",
-                              "a square image smaller than the square backbone input")
+            raise ConfigError(
+                "prompt.image_size",
+                f"{h}x{w} image in a {out_h}x{out_w} input",
+                "a square image smaller than the square backbone input",
+            )
         self.l_pad, self.r_pad = (out_h - h + 1) // 2, (out_h - h) // 2
         self.program = nn.Parameter(torch.zeros(3, out_h, out_w))
         self.register_buffer("mask", F.pad(torch.zeros(3, h, w), self.padding, value=1.0), persistent=False)

@@ -72,8 +72,11 @@ class VPTDeep(nn.Module):
     def __init__(self, vit: nn.Module, num_tokens: int) -> None:
         super().__init__()
         if not isinstance(vit, VisionTransformer):
-            raise ConfigError("prompt.kind vpt_deep", f"backbone is a {type(vit).__name__}",
-                              "a timm VisionTransformer (ViT) backbone")
+            raise ConfigError(
+                "prompt.kind vpt_deep",
+                f"backbone is a {type(vit).__name__}",
+                "a timm VisionTransformer (ViT) backbone",
+            )
         self.vit = vit.requires_grad_(False).eval()
         self.num_tokens = _check_tokens(num_tokens)
         depth, dim = len(vit.blocks), vit.embed_dim
@@ -91,10 +94,10 @@ class VPTDeep(nn.Module):
         h = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
         for i, block in enumerate(vit.blocks):
             tokens = self.prompts[i].unsqueeze(0).expand(h.shape[0], -1, -1).to(h.dtype)
-            rest = h[:, k:] if i == 0 else h[:, k + n:]
+            rest = h[:, k:] if i == 0 else h[:, k + n :]
             h = block(torch.cat([h[:, :k], tokens, rest], dim=1))
         h = vit.norm(h)
-        return vit.forward_head(torch.cat([h[:, :k], h[:, k + n:]], dim=1))
+        return vit.forward_head(torch.cat([h[:, :k], h[:, k + n :]], dim=1))
 
 
 class VPTDeepSwin(nn.Module):
@@ -108,17 +111,29 @@ class VPTDeepSwin(nn.Module):
     def __init__(self, swin: nn.Module, num_tokens: int) -> None:
         super().__init__()
         if not isinstance(swin, SwinTransformer):
-            raise ConfigError("prompt.kind vpt_deep", f"backbone is a {type(swin).__name__}",
-                              "a timm SwinTransformer backbone")
+            raise ConfigError(
+                "prompt.kind vpt_deep",
+                f"backbone is a {type(swin).__name__}",
+                "a timm SwinTransformer backbone",
+            )
         self.swin = swin.requires_grad_(False).eval()
         self.num_tokens = _check_tokens(num_tokens)
         ref = next(swin.parameters())
         bound = _vpt_bound(tuple(swin.patch_embed.patch_size), swin.embed_dim)
-        self.prompts = nn.ParameterList([
-            nn.Parameter(torch.empty(len(stage.blocks), self.num_tokens, info["num_chs"],
-                                     device=ref.device, dtype=ref.dtype).uniform_(-bound, bound))
-            for stage, info in zip(swin.layers, swin.feature_info)
-        ])
+        self.prompts = nn.ParameterList(
+            [
+                nn.Parameter(
+                    torch.empty(
+                        len(stage.blocks),
+                        self.num_tokens,
+                        info["num_chs"],
+                        device=ref.device,
+                        dtype=ref.dtype,
+                    ).uniform_(-bound, bound)
+                )
+                for stage, info in zip(swin.layers, swin.feature_info)
+            ]
+        )
 
     def train(self, mode: bool = True) -> VPTDeepSwin:
         # As VPT: the frozen encoder stays in eval mode, so droppath/dropout never fire.
@@ -150,8 +165,9 @@ def prompted_swin_block(block: SwinTransformerBlock, x: torch.Tensor, prompts: t
     return x + block.drop_path2(block.mlp(block.norm2(x)))
 
 
-def _prompted_shifted_attention(block: SwinTransformerBlock, x: torch.Tensor,
-                                prompts: torch.Tensor) -> torch.Tensor:
+def _prompted_shifted_attention(
+    block: SwinTransformerBlock, x: torch.Tensor, prompts: torch.Tensor
+) -> torch.Tensor:
     """``SwinTransformerBlock._attn`` (cyclic shift, pad, windows, reverse) around prompted attention."""
     _, height, width, channels = x.shape
     shift = tuple(block.shift_size)
@@ -167,8 +183,9 @@ def _prompted_shifted_attention(block: SwinTransformerBlock, x: torch.Tensor,
     return torch.roll(out, shifts=shift, dims=(1, 2)) if any(shift) else out
 
 
-def prompted_window_attention(attn: WindowAttention, windows: torch.Tensor, prompts: torch.Tensor,
-                              mask: torch.Tensor | None) -> torch.Tensor:
+def prompted_window_attention(
+    attn: WindowAttention, windows: torch.Tensor, prompts: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
     """Window attention of timm's ``attn`` over [prompts; window tokens] for the window tokens.
 
     ``windows``: (B·nW, L, C), image batch-major as `window_partition` orders them; ``prompts``:
@@ -199,7 +216,13 @@ def prompted_window_attention(attn: WindowAttention, windows: torch.Tensor, prom
     if mask is not None:
         bias = bias + mask.view(1, n_windows, 1, length, length)
     bias = torch.cat([bias.new_zeros(*bias.shape[:-1], n), bias], dim=-1).to(q.dtype)
-    out = F.scaled_dot_product_attention(per_window(q), k, v, attn_mask=bias, scale=attn.scale,
-                                         dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    out = F.scaled_dot_product_attention(
+        per_window(q),
+        k,
+        v,
+        attn_mask=bias,
+        scale=attn.scale,
+        dropout_p=attn.attn_drop.p if attn.training else 0.0,
+    )
     out = out.reshape(batch_windows, heads, length, -1).transpose(1, 2).reshape(batch_windows, length, -1)
     return attn.proj_drop(attn.proj(out))

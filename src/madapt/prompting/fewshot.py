@@ -101,7 +101,10 @@ class FewShotMethod(Protocol):
 
 
 def hand_texts(ctx: FewShotContext) -> list[str]:
-    """One prompt per class from the hand template ``templates[0]`` ("_" in names already spaced by the data)."""
+    """One prompt per class from the hand template ``templates[0]``.
+
+    ("_" in names is already spaced by the data.)
+    """
     return [fill_template(ctx.templates[0], name) for name in ctx.classnames]
 
 

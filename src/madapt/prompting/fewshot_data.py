@@ -65,7 +65,10 @@ class DataConfig(Strict):
 
 
 def dassl_train_transform(backbone: Any) -> transforms.Compose:
-    """CoOp's training transform: random resized crop (0.08-1, bicubic), horizontal flip, CLIP normalisation."""
+    """CoOp's training transform.
+
+    Random resized crop (0.08-1, bicubic), horizontal flip, CLIP normalisation.
+    """
     bicubic = transforms.InterpolationMode.BICUBIC
     return transforms.Compose(
         [
@@ -114,7 +117,10 @@ def _load_coop(data: FewShotData, dataset: str, seed: int, indices: dict[str, li
 
 
 def load_data(cfg: DataConfig, data_root: str | None, backbone: Any, seeds: list[int]) -> FewShotData:
-    """Generate the micro lists, or read every CoOp (dataset, seed) now: missing data fails before any write."""
+    """Generate the micro lists, or read every CoOp (dataset, seed) now.
+
+    Missing data fails before any write.
+    """
     data = FewShotData(cfg, data_root, backbone, {})
     if cfg.collection == "micro":
         for name in cfg.datasets:

@@ -128,7 +128,10 @@ def _first_seed(results: dict[str, Any], dataset: str, label: str) -> dict[str, 
 
 
 def figures(results: dict[str, Any], folder: Path) -> list[Section]:
-    """Per dataset: mask heatmaps of the pruned methods, live tokens and training loss over epochs (first seed)."""
+    """Per dataset: mask heatmaps of the pruned methods, live tokens and training loss over epochs.
+
+    (First seed.)
+    """
     sections = []
     first = results["seeds"][0]
     for dataset in results["datasets"]:

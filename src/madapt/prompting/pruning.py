@@ -47,7 +47,10 @@ def token_scores(score: Score, prompts: torch.Tensor, grad: torch.Tensor | None)
 def lowest_live(
     scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], k: int, normalize: Normalize = "none"
 ) -> list[tuple[str, int, int]]:
-    """(tower, layer, slot) of the ``k`` live tokens with the lowest scores; ``scores``/``masks`` are (ℓ, ξ)."""
+    """(tower, layer, slot) of the ``k`` live tokens with the lowest scores.
+
+    ``scores`` / ``masks`` are (ℓ, ξ).
+    """
     flat, where = [], []
     for tower, s in scores.items():
         live = masks[tower].bool()

@@ -90,8 +90,9 @@ def prepare(cfg: VisualPromptConfig) -> Prepared:
         name, weights = backbone_of(cfg, v)
         if name not in sources:
             b = get("backbone", name)(weights)
-            sources[name] = Source(b, {k: t.detach().clone() for k, t in b.model.state_dict().items()},
-                                   source_names(b))
+            sources[name] = Source(
+                b, {k: t.detach().clone() for k, t in b.model.state_dict().items()}, source_names(b)
+            )
     sides = {n: s.backbone.input_size[1:] for n, s in sources.items()}
     if len(set(sides.values())) > 1:
         raise ConfigError("sources", f"input sizes {sides}", "source models sharing one input size")
@@ -117,14 +118,19 @@ def _check_variant(cfg: VisualPromptConfig, prepared: Prepared, variant: Variant
     if variant.name not in REFERENCES:
         k = getattr(variant.options, "sources_per_class", 1)
         if n_target * k > b.num_classes:
-            raise ConfigError(f"data.name '{cfg.data.name}' (variants.{i})",
-                              f"has {n_target} classes x {k} sources but backbone '{name}' has {b.num_classes}",
-                              "n_target * sources_per_class <= n_source for label mapping")
+            raise ConfigError(
+                f"data.name '{cfg.data.name}' (variants.{i})",
+                f"has {n_target} classes x {k} sources but backbone '{name}' has {b.num_classes}",
+                "n_target * sources_per_class <= n_source for label mapping",
+            )
         build_adapter(cfg, b, prepared.image_side)  # a bad pad / image size fails here
     if cfg.prompt.kind == "vpt_deep" and not supports_vpt_deep(b.model):
-        raise ConfigError("prompt.kind", f"vpt_deep with backbone '{name}' "
-                          f"({type(b.model).__name__})", "a timm VisionTransformer or SwinTransformer backbone "
-                          "for VPT-deep, or prompt.kind pad / expansive")
+        raise ConfigError(
+            "prompt.kind",
+            f"vpt_deep with backbone '{name}' ({type(b.model).__name__})",
+            "a timm VisionTransformer or SwinTransformer backbone "
+            "for VPT-deep, or prompt.kind pad / expansive",
+        )
 
 
 def build_adapter(cfg: VisualPromptConfig, b: ClassifierBackbone, side: int) -> nn.Module:
@@ -147,8 +153,9 @@ def build_learner(cfg: VisualPromptConfig, prepared: Prepared, variant: VariantC
         if variant.name == "linear_probe":
             freeze(model)
             model.get_classifier().requires_grad_(True)
-        return Learner(PlainInput(b.input_size[1:], b.mean, b.std), model,
-                       finetune=variant.name == "full_finetune")
+        return Learner(
+            PlainInput(b.input_size[1:], b.mean, b.std), model, finetune=variant.name == "full_finetune"
+        )
     freeze(model)
     net = build_vpt_deep(model, cfg.prompt.tokens) if cfg.prompt.kind == "vpt_deep" else model
     return Learner(build_adapter(cfg, b, prepared.image_side), net, finetune=False)
@@ -161,16 +168,22 @@ def make_mapper(variant: VariantConfig, seed: int) -> LabelMapper:
     return get("mapper", variant.name)(variant.options, run_seed=seed)
 
 
-def make_optimizer(cfg: VisualPromptConfig, variant: VariantConfig, learner: Learner) -> torch.optim.Optimizer:
+def make_optimizer(
+    cfg: VisualPromptConfig, variant: VariantConfig, learner: Learner
+) -> torch.optim.Optimizer:
     t = cfg.train
     name, lr = variant.optimizer or t.optimizer, variant.lr or t.lr
     decay = t.weight_decay if variant.weight_decay is None else variant.weight_decay
     if name == "adam":  # ILM-VP: torch.optim.Adam(visual_prompt.parameters(), lr=0.01)
-        return torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr=lr, weight_decay=decay)
+        return torch.optim.Adam(
+            [p for p in learner.parameters() if p.requires_grad], lr=lr, weight_decay=decay
+        )
     return build_optimizer(learner.parameters(), name, lr=lr, weight_decay=decay, momentum=t.momentum)
 
 
-def make_scheduler(cfg: VisualPromptConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> LambdaLR:
+def make_scheduler(
+    cfg: VisualPromptConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> LambdaLR:
     """Per-step schedule: warm-up + cosine (Bahng's ``cosine_lr``, VPT), or ILM-VP's MultiStepLR,
     which steps per epoch at ``int(share * epochs)``: the factor is constant within an epoch."""
     t = cfg.train
@@ -184,14 +197,21 @@ def make_scheduler(cfg: VisualPromptConfig, optimizer: torch.optim.Optimizer, st
 def runtime(cfg: VisualPromptConfig, backbone: ClassifierBackbone) -> Runtime:
     procs = join_processes()
     device = procs.device if cfg.device == "auto" else torch.device(cfg.device)
-    convolutional = any(isinstance(m, nn.Conv2d) and m.kernel_size != m.stride for m in backbone.model.modules())
-    channels_last = cfg.channels_last if cfg.channels_last is not None else (
-        device.type == "cuda" and convolutional)  # a patch-embedding convolution alone does not need it
+    convolutional = any(
+        isinstance(m, nn.Conv2d) and m.kernel_size != m.stride for m in backbone.model.modules()
+    )
+    channels_last = (
+        cfg.channels_last if cfg.channels_last is not None else (device.type == "cuda" and convolutional)
+    )  # a patch-embedding convolution alone does not need it
     return Runtime(device, cfg.precision, channels_last, cfg.train.num_workers, cfg.train.pin_memory, procs)
 
 
-def fit_variant(cfg: VisualPromptConfig, prepared: Prepared, variant: VariantConfig,
-                checkpoints: Checkpointer | None = None) -> dict[str, Any]:
+def fit_variant(
+    cfg: VisualPromptConfig,
+    prepared: Prepared,
+    variant: VariantConfig,
+    checkpoints: Checkpointer | None = None,
+) -> dict[str, Any]:
     """Train one variant (resuming from ``checkpoints``) and return its results entry."""
     seed_everything(cfg.seed)  # every variant: the same prompt init and data order
     t, data = cfg.train, prepared.data
@@ -207,17 +227,35 @@ def fit_variant(cfg: VisualPromptConfig, prepared: Prepared, variant: VariantCon
     optimizer = make_optimizer(cfg, variant, learner)
     scheduler = make_scheduler(cfg, optimizer, -(-len(index) // t.batch_size))
     n_target = len(data.classnames)
-    plan = Plan(data, index, n_target if variant.name in REFERENCES else source.backbone.num_classes, n_target,
-                t.epochs, t.batch_size, cfg.eval_batch_size, variant.mapping_source or cfg.mapping_source,
-                t.selection == "best_val" and data.val is not None, cfg.seed)
+    plan = Plan(
+        data,
+        index,
+        n_target if variant.name in REFERENCES else source.backbone.num_classes,
+        n_target,
+        t.epochs,
+        t.batch_size,
+        cfg.eval_batch_size,
+        variant.mapping_source or cfg.mapping_source,
+        t.selection == "best_val" and data.val is not None,
+        cfg.seed,
+    )
     entry = train_variant(learner, mapper, optimizer, scheduler, plan, rt, checkpoints)
-    return {"name": variant.name, "backbone": backbone_of(cfg, variant)[0], "shots_fraction": fraction,
-            "train_images": len(index), "options": variant.options.model_dump(mode="json"), **entry,
-            "mapping_source": plan.mapping_source if mapper.mapping_interval else None,
-            "trainable_params": learner.trained_numel(),
-            "encoder_params": sum(p.numel() for n, p in source.backbone.model.named_parameters()
-                                  if not n.startswith(_head_prefix(source.backbone.model))),
-            **mapper.describe(source.names)}
+    return {
+        "name": variant.name,
+        "backbone": backbone_of(cfg, variant)[0],
+        "shots_fraction": fraction,
+        "train_images": len(index),
+        "options": variant.options.model_dump(mode="json"),
+        **entry,
+        "mapping_source": plan.mapping_source if mapper.mapping_interval else None,
+        "trainable_params": learner.trained_numel(),
+        "encoder_params": sum(
+            p.numel()
+            for n, p in source.backbone.model.named_parameters()
+            if not n.startswith(_head_prefix(source.backbone.model))
+        ),
+        **mapper.describe(source.names),
+    }
 
 
 def _head_prefix(model: nn.Module) -> str:
@@ -241,19 +279,26 @@ def initial_class_logits(cfg: VisualPromptConfig, prepared: Prepared, variant: V
     rt = runtime(cfg, prepared.sources[cfg.backbone].backbone)
     learner.to(rt.device)
     index = vp.subsample_per_class(prepared.data.train_labels, cfg.data.shots_fraction, cfg.seed)
-    return class_mean_logits(learner, prepared.data.train, index, len(prepared.data.classnames),
-                             cfg.eval_batch_size, rt)
+    return class_mean_logits(
+        learner, prepared.data.train, index, len(prepared.data.classnames), cfg.eval_batch_size, rt
+    )
 
 
 def run(cfg: VisualPromptConfig, prepared: Prepared, folder: RunFolder, console: Console) -> dict[str, Any]:
     data = prepared.data
     main = join_processes().is_main
     first = next(iter(prepared.sources.values())).backbone
-    results: dict[str, Any] = {"dataset": data.name, "backbone": cfg.backbone, "classnames": data.classnames,
-                               "n_source": first.num_classes, "train_images": len(data.train),
-                               "val_images": 0 if data.val is None else len(data.val),
-                               "shots_fraction": cfg.data.shots_fraction, "prompt": cfg.prompt.kind,
-                               "variants": {}}
+    results: dict[str, Any] = {
+        "dataset": data.name,
+        "backbone": cfg.backbone,
+        "classnames": data.classnames,
+        "n_source": first.num_classes,
+        "train_images": len(data.train),
+        "val_images": 0 if data.val is None else len(data.val),
+        "shots_fraction": cfg.data.shots_fraction,
+        "prompt": cfg.prompt.kind,
+        "variants": {},
+    }
     logits_file = folder.path / "initial_logits.safetensors"
     if figure_6_5_variant(cfg) is not None and not logits_file.is_file():
         mean_logits = initial_class_logits(cfg, prepared, figure_6_5_variant(cfg))

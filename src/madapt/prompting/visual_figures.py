@@ -49,12 +49,23 @@ def gain_vs_scale(results: dict[str, Any], path: Path) -> Path | None:
     n_classes = len(results["classnames"])
     fractions = sorted(groups, key=lambda f: groups[f]["hardcoded"]["train_images"])
     xs = [groups[f]["hardcoded"]["train_images"] / n_classes for f in fractions]
-    series = {m.upper(): [groups[f][m]["accuracy"] - groups[f]["hardcoded"]["accuracy"] if m in groups[f]
-                          else None for f in fractions] for m in MAPPERS if any(m in groups[f] for f in fractions)}
+    series = {
+        m.upper(): [
+            groups[f][m]["accuracy"] - groups[f]["hardcoded"]["accuracy"] if m in groups[f] else None
+            for f in fractions
+        ]
+        for m in MAPPERS
+        if any(m in groups[f] for f in fractions)
+    }
     if not series:
         return None
-    fig = plots.curves_figure(xs, series, "training images per class", "accuracy gain over VP (points)",
-                              f"Figure 6.2: gain over VP vs data scale ({results['dataset']})")
+    fig = plots.curves_figure(
+        xs,
+        series,
+        "training images per class",
+        "accuracy gain over VP (points)",
+        f"Figure 6.2: gain over VP vs data scale ({results['dataset']})",
+    )
     fig.axes[0].set_xscale("log")
     return plots.save_png(fig, path)
 
@@ -103,13 +114,30 @@ def mapping_grid(results: dict[str, Any], data: Any, path: Path) -> Path | None:
         text.set_axis_off()
         for row, (tag, names) in enumerate(mapped.items()):
             y = 1 - (row + 0.5) / len(mapped)
-            text.text(0.5, y, textwrap.shorten(names[j], 16), ha="center", va="center", fontsize=7,
-                      transform=text.transAxes)
+            text.text(
+                0.5,
+                y,
+                textwrap.shorten(names[j], 16),
+                ha="center",
+                va="center",
+                fontsize=7,
+                transform=text.transAxes,
+            )
             if j == 0:  # row labels: the variant that chose this row's source classes
-                text.text(-0.15, y, tag, ha="right", va="center", fontsize=7, weight="bold",
-                          transform=text.transAxes)
-    fig.suptitle(f"Figure 6.4: {results['dataset']}: target class example and the source class each "
-                 "mapper chose", fontsize=9)
+                text.text(
+                    -0.15,
+                    y,
+                    tag,
+                    ha="right",
+                    va="center",
+                    fontsize=7,
+                    weight="bold",
+                    transform=text.transAxes,
+                )
+    fig.suptitle(
+        f"Figure 6.4: {results['dataset']}: target class example and the source class each mapper chose",
+        fontsize=9,
+    )
     return plots.save_png(fig, path)
 
 
@@ -121,8 +149,9 @@ def _first_sources(mapping: Any) -> np.ndarray:
 def logits_explained(results: dict[str, Any], mean_logits: torch.Tensor, path: Path) -> Path | None:
     entries: dict[str, dict[str, Any]] = {}
     for e in results["variants"].values():  # the first of each mapper on the run's main source and share
-        main = e.get("backbone", results.get("backbone")) == results.get("backbone") and \
-            e.get("shots_fraction", results.get("shots_fraction")) == results.get("shots_fraction")
+        main = e.get("backbone", results.get("backbone")) == results.get("backbone") and e.get(
+            "shots_fraction", results.get("shots_fraction")
+        ) == results.get("shots_fraction")
         if main and e.get("initial_mapping") is not None:
             entries.setdefault(e["name"], e)
     freq = entries.get("flm") or entries.get("ilm")
@@ -151,8 +180,10 @@ def logits_explained(results: dict[str, Any], mean_logits: torch.Tensor, path: P
     axes[1].plot(logits[k], lw=0.6, color="grey")
     axes[1].axvline(f_map[j], color="tab:orange", label=f"{freq['name'].upper()}'s source for '{names[j]}'")
     axes[1].set_title(f"(b) '{names[k]}': average logits", fontsize=9)
-    for ax, mapping, tag, colour in ((axes[2], f_map, f"(c) {freq['name'].upper()}", "tab:blue"),
-                                     (axes[3], o_map, "(d) OTLM", "tab:green")):
+    for ax, mapping, tag, colour in (
+        (axes[2], f_map, f"(c) {freq['name'].upper()}", "tab:blue"),
+        (axes[3], o_map, "(d) OTLM", "tab:green"),
+    ):
         values = logits[j, mapping]
         bars = ax.bar(np.arange(len(mapping)), values, color="lightgrey")
         bars[j].set_color(colour)

@@ -89,22 +89,29 @@ class Learner(nn.Module):
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """What a checkpoint must hold: trainable tensors, plus every buffer when fine-tuning."""
         keep = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k: v.detach().cpu().clone() for k, v in self.state_dict().items()
-                if k in keep or (self.finetune and k.startswith("net."))}
+        return {
+            k: v.detach().cpu().clone()
+            for k, v in self.state_dict().items()
+            if k in keep or (self.finetune and k.startswith("net."))
+        }
 
 
 def batches(dataset: Any, index: np.ndarray, batch_size: int, rt: Runtime) -> Iterator[tuple[Any, Any, int]]:
     """``(x, y, n)`` batches over ``dataset[index]`` in order: this process's share of each batch
     of ``batch_size`` and the size ``n`` of the whole batch. In-memory arrays skip the DataLoader."""
-    chunks = [index[start:start + batch_size] for start in range(0, len(index), batch_size)]
+    chunks = [index[start : start + batch_size] for start in range(0, len(index), batch_size)]
     mine = [chunk[list(rt.procs.shard(len(chunk)))] for chunk in chunks]
     if hasattr(dataset, "batch"):
         for chunk, part in zip(chunks, mine):
             x, y = dataset.batch(torch.as_tensor(part, dtype=torch.long))
             yield *rt.put(x, y), len(chunk)
         return
-    loader = DataLoader(dataset, batch_sampler=[p.tolist() for p in mine], num_workers=rt.workers,
-                        pin_memory=rt.pin_memory and rt.device.type == "cuda")
+    loader = DataLoader(
+        dataset,
+        batch_sampler=[p.tolist() for p in mine],
+        num_workers=rt.workers,
+        pin_memory=rt.pin_memory and rt.device.type == "cuda",
+    )
     for chunk, (x, y) in zip(chunks, loader):
         yield *rt.put(x, y), len(chunk)
 
@@ -117,8 +124,16 @@ def all_reduce(acc: CostAccumulator, procs: Processes) -> CostAccumulator:
 
 
 @torch.no_grad()
-def mapping_pass(learner: Learner, mapper: LabelMapper, dataset: Any, index: np.ndarray, n_source: int,
-                 n_target: int, batch_size: int, rt: Runtime) -> None:
+def mapping_pass(
+    learner: Learner,
+    mapper: LabelMapper,
+    dataset: Any,
+    index: np.ndarray,
+    n_source: int,
+    n_target: int,
+    batch_size: int,
+    rt: Runtime,
+) -> None:
     """The extra pass of ILM-VP: source softmax outputs of the training set with the current prompt."""
     learner.eval()
     acc = mapper.make_accumulator(n_source, n_target, device=rt.device)
@@ -130,8 +145,9 @@ def mapping_pass(learner: Learner, mapper: LabelMapper, dataset: Any, index: np.
 
 
 @torch.no_grad()
-def class_mean_logits(learner: Learner, dataset: Any, index: np.ndarray, n_target: int, batch_size: int,
-                      rt: Runtime) -> torch.Tensor:
+def class_mean_logits(
+    learner: Learner, dataset: Any, index: np.ndarray, n_target: int, batch_size: int, rt: Runtime
+) -> torch.Tensor:
     """(n_target, n_source) average source logits of each target class (Figure 6.5), on CPU."""
     learner.eval()
     sums: torch.Tensor | None = None
@@ -191,8 +207,15 @@ def _cpu(obj: Any) -> Any:
     return obj
 
 
-def train_variant(learner: Learner, mapper: LabelMapper, optimizer: torch.optim.Optimizer, scheduler: Any,
-                  plan: Plan, rt: Runtime, checkpoints: Checkpointer | None = None) -> dict[str, Any]:
+def train_variant(
+    learner: Learner,
+    mapper: LabelMapper,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    plan: Plan,
+    rt: Runtime,
+    checkpoints: Checkpointer | None = None,
+) -> dict[str, Any]:
     """Train (resuming from ``checkpoints``), select the reported epoch on validation, test.
 
     Returns the results fields of the training: history, accuracies, selected epoch, mapping.
@@ -214,7 +237,9 @@ def train_variant(learner: Learner, mapper: LabelMapper, optimizer: torch.optim.
         set_rng_state(s["rng"])
         start, history, best = int(ckpt.unit["epoch"]), list(s["history"]), s["best"]
     elif mapper.requires_data:
-        mapping_pass(learner, mapper, data.train, index, plan.n_source, plan.n_target, plan.eval_batch_size, rt)
+        mapping_pass(
+            learner, mapper, data.train, index, plan.n_source, plan.n_target, plan.eval_batch_size, rt
+        )
     else:
         mapper.fit_shape(plan.n_source, plan.n_target)
     # the mapping before any training: FLM vs OTLM at the first epoch (Figure 6.5)
@@ -226,7 +251,9 @@ def train_variant(learner: Learner, mapper: LabelMapper, optimizer: torch.optim.
         refresh = acc is not None and epoch + 1 < plan.epochs and mapper.needs_refresh(epoch + 1)
         collect = refresh and plan.mapping_source == "train_pass"
         learner.train()
-        order = torch.randperm(len(index), generator=torch.Generator().manual_seed(plan.seed * 100003 + epoch))
+        order = torch.randperm(
+            len(index), generator=torch.Generator().manual_seed(plan.seed * 100003 + epoch)
+        )
         loss_sum = 0.0
         for x, y, n in batches(data.train, index[order.numpy()], plan.batch_size, rt):
             with rt.autocast():
@@ -249,36 +276,66 @@ def train_variant(learner: Learner, mapper: LabelMapper, optimizer: torch.optim.
             mapper.fit_from_stats(all_reduce(acc, rt.procs))
             acc.reset()
         elif refresh:
-            mapping_pass(learner, mapper, data.train, index, plan.n_source, plan.n_target, plan.eval_batch_size,
-                         rt)
+            mapping_pass(
+                learner, mapper, data.train, index, plan.n_source, plan.n_target, plan.eval_batch_size, rt
+            )
         seconds = time.perf_counter() - began
         record = {"loss": rt.procs.sum([loss_sum])[0] / len(index), "seconds": seconds}
         if plan.select_on_val:
             record["val_accuracy"] = evaluate(learner, mapper, data.val, plan.eval_batch_size, rt)
             if best is None or record["val_accuracy"] > best["val"]:
-                best = {"epoch": epoch + 1, "val": record["val_accuracy"], "learner": learner.trainable_state(),
-                        "mapper": mapper.state_dict()}
+                best = {
+                    "epoch": epoch + 1,
+                    "val": record["val_accuracy"],
+                    "learner": learner.trainable_state(),
+                    "mapper": mapper.state_dict(),
+                }
         history.append(record)
         if checkpoints is not None and rt.procs.is_main:
-            checkpoints.save({"epoch": epoch + 1}, _cpu({
-                "learner": learner.trainable_state(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "mapper": mapper.state_dict(),
-                "rng": rng_state(), "history": history, "best": best, "initial_mapping": initial}))
+            checkpoints.save(
+                {"epoch": epoch + 1},
+                _cpu(
+                    {
+                        "learner": learner.trainable_state(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(),
+                        "mapper": mapper.state_dict(),
+                        "rng": rng_state(),
+                        "history": history,
+                        "best": best,
+                        "initial_mapping": initial,
+                    }
+                ),
+            )
     return _test(learner, mapper, plan, rt, history, best, initial)
 
 
-def _test(learner: Learner, mapper: LabelMapper, plan: Plan, rt: Runtime, history: list[dict[str, float]],
-          best: dict[str, Any] | None, initial: Any) -> dict[str, Any]:
+def _test(
+    learner: Learner,
+    mapper: LabelMapper,
+    plan: Plan,
+    rt: Runtime,
+    history: list[dict[str, float]],
+    best: dict[str, Any] | None,
+    initial: Any,
+) -> dict[str, Any]:
     """Test accuracy at the final state, then at the best-validation state (restored last)."""
     final = evaluate(learner, mapper, plan.data.test, plan.eval_batch_size, rt)
-    out: dict[str, Any] = {"final_accuracy": final, "history": history, "initial_mapping": initial,
-                           "selection": "best_val" if best is not None else "final"}
+    out: dict[str, Any] = {
+        "final_accuracy": final,
+        "history": history,
+        "initial_mapping": initial,
+        "selection": "best_val" if best is not None else "final",
+    }
     if best is None or best["epoch"] == len(history):
-        return {**out, "accuracy": final, "best_epoch": len(history) if best else None,
-                "best_val_accuracy": None if best is None else best["val"]}
+        return {
+            **out,
+            "accuracy": final,
+            "best_epoch": len(history) if best else None,
+            "best_val_accuracy": None if best is None else best["val"],
+        }
     learner.load_state_dict(best["learner"], strict=False)
     mapper.load_state_dict(best["mapper"])
     accuracy = evaluate(learner, mapper, plan.data.test, plan.eval_batch_size, rt)
     return {**out, "accuracy": accuracy, "best_epoch": best["epoch"], "best_val_accuracy": best["val"]}
-
-

@@ -101,31 +101,47 @@ def prepare(cfg: AdatConfig) -> Prepared:
         ev.require_lm_eval()  # fail in one line now, not after the rounds
         if cfg.evaluate.lm_eval.data_root is not None:
             ev.check_data_root(cfg.evaluate.lm_eval.data_root)
-    corpus = CorpusStream(cfg.corpus, cfg.max_corpus_bytes,
-                          HeldOut.seeded(cfg.eval_fraction, cfg.score_fraction, cfg.seed))
+    corpus = CorpusStream(
+        cfg.corpus, cfg.max_corpus_bytes, HeldOut.seeded(cfg.eval_fraction, cfg.score_fraction, cfg.seed)
+    )
     counts = corpus.count()
     stats = counts.stats
     if stats.kept < 10:
-        raise DataError(f"corpus '{cfg.corpus}'",
-                        f"has {stats.kept} usable lines ({stats.n_skipped} skipped)",
-                        "at least 10 non-empty UTF-8 documents")
+        raise DataError(
+            f"corpus '{cfg.corpus}'",
+            f"has {stats.kept} usable lines ({stats.n_skipped} skipped)",
+            "at least 10 non-empty UTF-8 documents",
+        )
     empty = [part for part in PARTS if counts.docs[part] == 0]
     if empty:
-        raise DataError(f"corpus '{cfg.corpus}'", f"leaves no {empty[0]} documents among its {stats.kept}",
-                        "more documents, or larger eval_fraction/score_fraction")
+        raise DataError(
+            f"corpus '{cfg.corpus}'",
+            f"leaves no {empty[0]} documents among its {stats.kept}",
+            "more documents, or larger eval_fraction/score_fraction",
+        )
     sample = None
     if cfg.unigram_docs is not None:
         sample = reservoir_sample(corpus.texts("train"), cfg.unigram_docs, cfg.seed)
     if cfg.initial == "bytepiece":
-        proto = bytepiece_model(vocab_texts(corpus, sample), cfg.initial_vocab, ev.lossless_template(),
-                                cfg.bytepiece.settings())
+        proto = bytepiece_model(
+            vocab_texts(corpus, sample), cfg.initial_vocab, ev.lossless_template(), cfg.bytepiece.settings()
+        )
     else:
-        proto = ev.train_unigram(vocab_texts(corpus, sample), cfg.initial_vocab, num_threads=2,
-                                 character_coverage=cfg.character_coverage, where=f"corpus '{cfg.corpus}'")
+        proto = ev.train_unigram(
+            vocab_texts(corpus, sample),
+            cfg.initial_vocab,
+            num_threads=2,
+            character_coverage=cfg.character_coverage,
+            where=f"corpus '{cfg.corpus}'",
+        )
     required = int(UnigramModel.from_sentencepiece(proto).required_mask().sum())
     if required > cfg.target_vocab:
-        raise ConfigError("target_vocab", f"{cfg.target_vocab} is below the {required} required pieces "
-                          "(specials, 256 bytes, every character)", f"at least {required}")
+        raise ConfigError(
+            "target_vocab",
+            f"{cfg.target_vocab} is below the {required} required pieces "
+            "(specials, 256 bytes, every character)",
+            f"at least {required}",
+        )
     pieces = UnigramModel.from_sentencepiece(proto).pieces
     words = word_counts(vocab_texts(corpus, sample), sp_normalizer(proto), unit_mode(pieces))
     return Prepared(corpus, counts, words, proto, time.perf_counter() - start, sample)
@@ -142,20 +158,31 @@ def same_everywhere(processes: Processes, blob: bytes, what: str) -> None:
         return
     crc = zlib.crc32(blob)
     if processes.sum([float(crc)])[0] != crc * processes.world:
-        raise RuntimeError(f"{what} differs between the {processes.world} processes "
-                           f"(CRC-32 {crc} on rank {processes.rank}); they must compute the same bytes")
+        raise RuntimeError(
+            f"{what} differs between the {processes.world} processes "
+            f"(CRC-32 {crc} on rank {processes.rank}); they must compute the same bytes"
+        )
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
     finite = values[np.isfinite(values)]
     q = np.quantile(finite, [0.1, 0.5, 0.9]) if finite.size else [float("nan")] * 3
-    return {"p10": float(q[0]), "median": float(q[1]), "p90": float(q[2]),
-            "n_inf": int((~np.isfinite(values)).sum())}
+    return {
+        "p10": float(q[0]),
+        "median": float(q[1]),
+        "p90": float(q[2]),
+        "n_inf": int((~np.isfinite(values)).sum()),
+    }
 
 
-def run_rounds(cfg: AdatConfig, variant: VariantConfig, data: Prepared, checkpoints: Checkpointer,
-               on_round: Callable[[int, dict[str, Any]], None] | None = None,
-               processes: Processes = Processes()) -> tuple[bytes, list[dict[str, Any]]]:
+def run_rounds(
+    cfg: AdatConfig,
+    variant: VariantConfig,
+    data: Prepared,
+    checkpoints: Checkpointer,
+    on_round: Callable[[int, dict[str, Any]], None] | None = None,
+    processes: Processes = Processes(),
+) -> tuple[bytes, list[dict[str, Any]]]:
     """The pruning loop for one variant; resumes from ``checkpoints``. Returns the final model
     proto and one history entry per round. ``on_round(r, entry)`` runs after round r's checkpoint.
 
@@ -195,9 +222,19 @@ def run_rounds(cfg: AdatConfig, variant: VariantConfig, data: Prepared, checkpoi
             search = EvidenceSearch(data.counts.docs["train"], cfg.evidence_fraction, wanted)
         alpha = None if cfg.sampling_alpha == "auto" else cfg.sampling_alpha
         score_texts = first_bytes(data.corpus.texts("score"), cfg.score_bytes)
-        lm = piece_lm_loss(proto, reader, score_texts, cfg.round_train_tokens, cfg.lm.settings(),
-                           seed, alpha=alpha, max_length_ratio=cfg.max_length_ratio,
-                           calibration_docs=cfg.calibration_docs, evidence=search, processes=processes)
+        lm = piece_lm_loss(
+            proto,
+            reader,
+            score_texts,
+            cfg.round_train_tokens,
+            cfg.lm.settings(),
+            seed,
+            alpha=alpha,
+            max_length_ratio=cfg.max_length_ratio,
+            calibration_docs=cfg.calibration_docs,
+            evidence=search,
+            processes=processes,
+        )
         term = lm_term(lm.acc, lm.evidence, stats.freq, model.matchable)
         # "literal": every piece counts as evidenced, b = 0 where absent (eq. 5.3 as printed).
         evidenced = term.has_evidence if cfg.unseen_pieces == "evidence" else np.ones(len(a), bool)
@@ -220,27 +257,46 @@ def run_rounds(cfg: AdatConfig, variant: VariantConfig, data: Prepared, checkpoi
         proto = model_proto(proto, pruned)
         same_everywhere(processes, proto, f"the vocabulary after round {r + 1}")
         lowest = np.flatnonzero(~keep)[np.argsort(score[~keep], kind="stable")]
-        history.append({
-            "round": r + 1, "size_before": len(model.pieces), "size_after": len(pruned.pieces),
-            "pruned": int((~keep).sum()), "lowest_pruned": [model.pieces[i] for i in lowest[:12]],
-            "unseen_in_scoring": int((~term.in_slice & model.matchable).sum()),
-            "scored_from_evidence": int(term.from_evidence.sum()), "evidence_docs": lm.evidence_docs,
-            "required": int(required.sum()), "without_evidence": int((~evidenced & ~required).sum()),
-            "pruned_without_evidence": int((~evidenced & ~keep).sum()),
-            "sampling_alpha": lm.alpha, "length_ratio": lm.length_ratio,
-            "calibration_ratio": lm.calibration_ratio,
-            "train_first_doc": first_doc, "train_docs": reader.consumed - consumed,
-            "lm_train_loss": float(np.mean(lm.losses[-10:])),
-            "lm_heldout_loss": float(lm.acc.total.sum() / lm.acc.count.sum()),
-            "a": _summary(a), "b": _summary(b), "score": _summary(score),
-            "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
-        })
+        history.append(
+            {
+                "round": r + 1,
+                "size_before": len(model.pieces),
+                "size_after": len(pruned.pieces),
+                "pruned": int((~keep).sum()),
+                "lowest_pruned": [model.pieces[i] for i in lowest[:12]],
+                "unseen_in_scoring": int((~term.in_slice & model.matchable).sum()),
+                "scored_from_evidence": int(term.from_evidence.sum()),
+                "evidence_docs": lm.evidence_docs,
+                "required": int(required.sum()),
+                "without_evidence": int((~evidenced & ~required).sum()),
+                "pruned_without_evidence": int((~evidenced & ~keep).sum()),
+                "sampling_alpha": lm.alpha,
+                "length_ratio": lm.length_ratio,
+                "calibration_ratio": lm.calibration_ratio,
+                "train_first_doc": first_doc,
+                "train_docs": reader.consumed - consumed,
+                "lm_train_loss": float(np.mean(lm.losses[-10:])),
+                "lm_heldout_loss": float(lm.acc.total.sum() / lm.acc.count.sum()),
+                "a": _summary(a),
+                "b": _summary(b),
+                "score": _summary(score),
+                "seconds": time.perf_counter() - t0,
+                "cpu_seconds": time.process_time() - c0,
+            }
+        )
         if processes.is_main:  # the others hold the same state
             carried = carry_over(prev, pruned.pieces) if prev is not None else np.zeros(len(pruned.pieces))
-            checkpoints.save({"round": r + 1}, {
-                "proto": torch.frombuffer(bytearray(proto), dtype=torch.uint8), "has_momentum": prev is not None,
-                "momentum": torch.from_numpy(carried), "history": history, "rng": rng_state(),
-                "train_cursor": reader.position})
+            checkpoints.save(
+                {"round": r + 1},
+                {
+                    "proto": torch.frombuffer(bytearray(proto), dtype=torch.uint8),
+                    "has_momentum": prev is not None,
+                    "momentum": torch.from_numpy(carried),
+                    "history": history,
+                    "rng": rng_state(),
+                    "train_cursor": reader.position,
+                },
+            )
             if on_round is not None:
                 on_round(r + 1, history[-1])
     return proto, history
@@ -268,8 +324,14 @@ def eval_train_texts(corpus: CorpusStream, max_bytes: int | None) -> list[str]:
     return out
 
 
-def _evaluate_all(cfg: AdatConfig, data: Prepared, protos: dict[str, bytes], folder: RunFolder,
-                  console: Console, processes: Processes = Processes()) -> dict[str, dict[str, Any]]:
+def _evaluate_all(
+    cfg: AdatConfig,
+    data: Prepared,
+    protos: dict[str, bytes],
+    folder: RunFolder,
+    console: Console,
+    processes: Processes = Processes(),
+) -> dict[str, dict[str, Any]]:
     """Baselines at the target size plus every variant, each LM trained on the same text.
 
     Every process fits the baselines (deterministic, checked) and trains each LM on its shards;
@@ -277,14 +339,17 @@ def _evaluate_all(cfg: AdatConfig, data: Prepared, protos: dict[str, bytes], fol
     processes.barrier()  # every process sees the same finished evaluations when resuming
     candidates = {name: ev.sentencepiece_candidate(name, p) for name, p in protos.items()}
     if "unigram" in cfg.evaluate.baselines:
-        proto = ev.train_unigram(data.vocab_texts(), cfg.target_vocab,
-                                 character_coverage=cfg.character_coverage)
+        proto = ev.train_unigram(
+            data.vocab_texts(), cfg.target_vocab, character_coverage=cfg.character_coverage
+        )
         same_everywhere(processes, proto, "the Unigram baseline")
         if processes.is_main:
             export(proto, UnigramModel.from_sentencepiece(proto), folder.path / "baselines" / "unigram")
         candidates["unigram"] = ev.sentencepiece_candidate("unigram", proto)
     if "bytepiece" in cfg.evaluate.baselines:
-        proto = bytepiece_model(data.vocab_texts(), cfg.target_vocab, ev.lossless_template(), cfg.bytepiece.settings())
+        proto = bytepiece_model(
+            data.vocab_texts(), cfg.target_vocab, ev.lossless_template(), cfg.bytepiece.settings()
+        )
         same_everywhere(processes, proto, "the BytePiece baseline")
         if processes.is_main:
             export(proto, UnigramModel.from_sentencepiece(proto), folder.path / "baselines" / "bytepiece")
@@ -310,8 +375,17 @@ def _evaluate_all(cfg: AdatConfig, data: Prepared, protos: dict[str, bytes], fol
         t0, c0 = time.perf_counter(), time.process_time()
         console.print(f"evaluating {name} ({cand.vocab_size} pieces)")
         lm_eval = cfg.evaluate.lm_eval.spec() if cfg.evaluate.lm_eval is not None else None
-        metrics = ev.evaluate(cand, train, data.corpus.texts("eval"), settings, cfg.evaluate.epochs, cfg.seed,
-                              lm_eval, processes, steps=steps)
+        metrics = ev.evaluate(
+            cand,
+            train,
+            data.corpus.texts("eval"),
+            settings,
+            cfg.evaluate.epochs,
+            cfg.seed,
+            lm_eval,
+            processes,
+            steps=steps,
+        )
         metrics.update(seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0)
         if "unigram" in candidates and name != "unigram":
             metrics["overlap_with_unigram"] = ev.vocab_overlap(cand.pieces, candidates["unigram"].pieces)
@@ -348,28 +422,42 @@ def run(cfg: AdatConfig, data: Prepared, folder: RunFolder, console: Console) ->
     return {"seeds": per_seed, "summary": seed_summary(per_seed)}
 
 
-def run_seed(cfg: AdatConfig, data: Prepared, folder: RunFolder, console: Console,
-             processes: Processes) -> dict[str, Any]:
+def run_seed(
+    cfg: AdatConfig, data: Prepared, folder: RunFolder, console: Console, processes: Processes
+) -> dict[str, Any]:
     """`run` for one seed."""
     same_everywhere(processes, data.initial_proto, "the initial sentencepiece vocabulary")
     t0, c0 = time.perf_counter(), time.process_time()
     stats, docs = data.counts.stats, data.counts.docs
     results: dict[str, Any] = {
-        "corpus": {"name": cfg.corpus, "documents": stats.kept, "bytes": stats.kept_bytes,
-                   "skipped": stats.skipped, "train_docs": docs["train"], "score_docs": docs["score"],
-                   "eval_docs": docs["eval"],
-                   "unigram_docs": docs["train"] if data.sample is None else len(data.sample)},
-        "schedule": [cfg.initial_vocab, *cfg.sizes()], "variants": {}, "prepare_seconds": data.seconds,
-        "processes": processes.world}
+        "corpus": {
+            "name": cfg.corpus,
+            "documents": stats.kept,
+            "bytes": stats.kept_bytes,
+            "skipped": stats.skipped,
+            "train_docs": docs["train"],
+            "score_docs": docs["score"],
+            "eval_docs": docs["eval"],
+            "unigram_docs": docs["train"] if data.sample is None else len(data.sample),
+        },
+        "schedule": [cfg.initial_vocab, *cfg.sizes()],
+        "variants": {},
+        "prepare_seconds": data.seconds,
+        "processes": processes.world,
+    }
     protos: dict[str, bytes] = {}
     for variant in cfg.variants:
         sub = RunFolder(folder.path / variant.name)
 
         def log(r: int, entry: dict[str, Any], name: str = variant.name) -> None:
-            folder.log(f"{name} round {r}: {entry['size_before']} -> {entry['size_after']} pieces, "
-                       f"held-out LM loss {entry['lm_heldout_loss']:.3f}, {entry['seconds']:.0f} s")
-            console.print(f"{name} round {r}: {entry['size_before']} -> {entry['size_after']} "
-                          f"({entry['seconds']:.0f} s, {entry['cpu_seconds']:.0f} s CPU)")
+            folder.log(
+                f"{name} round {r}: {entry['size_before']} -> {entry['size_after']} pieces, "
+                f"held-out LM loss {entry['lm_heldout_loss']:.3f}, {entry['seconds']:.0f} s"
+            )
+            console.print(
+                f"{name} round {r}: {entry['size_before']} -> {entry['size_after']} "
+                f"({entry['seconds']:.0f} s, {entry['cpu_seconds']:.0f} s CPU)"
+            )
 
         proto, history = run_rounds(cfg, variant, data, sub.checkpoints, log, processes)
         final = UnigramModel.from_sentencepiece(proto)
@@ -388,7 +476,8 @@ def run_seed(cfg: AdatConfig, data: Prepared, folder: RunFolder, console: Consol
         uni = results["evaluation"].get("unigram")
         if uni is not None:
             results["beats_unigram_bpb"] = {
-                name: results["evaluation"][name]["bits_per_byte"] < uni["bits_per_byte"] for name in protos}
+                name: results["evaluation"][name]["bits_per_byte"] < uni["bits_per_byte"] for name in protos
+            }
     results["total_seconds"] = time.perf_counter() - t0 + data.seconds
     results["total_cpu_seconds"] = time.process_time() - c0
     return results

@@ -43,8 +43,17 @@ class VariantConfig(Strict):
 
 
 # The nine lm-eval tasks of Table 5.1 (names of lm-evaluation-harness 0.4).
-TABLE_5_1_TASKS = ("arc_challenge", "arc_easy", "boolq", "lambada_openai", "logiqa", "piqa", "sciq", "sst2",
-                   "winogrande")
+TABLE_5_1_TASKS = (
+    "arc_challenge",
+    "arc_easy",
+    "boolq",
+    "lambada_openai",
+    "logiqa",
+    "piqa",
+    "sciq",
+    "sst2",
+    "winogrande",
+)
 
 
 class LMEvalConfig(Strict):
@@ -56,15 +65,21 @@ class LMEvalConfig(Strict):
     num_fewshot: int = Field(5, ge=0, description="§5.4.1.4: five-shot")
     limit: int | None = Field(None, gt=0, description="examples per task (None = all)")
     batch_size: int = Field(8, gt=0)
-    data_root: str | None = Field(None, description="a Hugging Face cache folder holding the tasks' datasets "
-                                  "(lm-eval's offline guide); read offline. None = download from the Hub")
+    data_root: str | None = Field(
+        None,
+        description="a Hugging Face cache folder holding the tasks' datasets "
+        "(lm-eval's offline guide); read offline. None = download from the Hub",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> LMEvalConfig:
         for task in self.tasks:
             if not re.fullmatch(r"[A-Za-z0-9_.\-]+", task):
-                raise ConfigError("evaluate.lm_eval.tasks", f"'{task}' is not a task name",
-                                  "lm-eval task names such as arc_easy or lambada_openai")
+                raise ConfigError(
+                    "evaluate.lm_eval.tasks",
+                    f"'{task}' is not a task name",
+                    "lm-eval task names such as arc_easy or lambada_openai",
+                )
         repeated = [t for t in self.tasks if self.tasks.count(t) > 1]
         if repeated:
             raise ConfigError("evaluate.lm_eval.tasks", f"'{repeated[0]}' is listed twice", "each task once")
@@ -89,13 +104,20 @@ class BytePieceConfig(Strict):
 class EvalConfig(Strict):
     enabled: bool = True
     lm_eval: LMEvalConfig | None = Field(None, description="optional lm-evaluation-harness tasks")
-    baselines: list[Literal["unigram", "bpe", "bytepiece"]] = Field(default_factory=lambda: list(BASELINES),
-                                                                 description="Table 5.1's baselines")
-    epochs: int = Field(2, gt=0, description="passes over the training text (under equal steps: by the "
-                        "tokenizer with the fewest tokens)")
+    baselines: list[Literal["unigram", "bpe", "bytepiece"]] = Field(
+        default_factory=lambda: list(BASELINES), description="Table 5.1's baselines"
+    )
+    epochs: int = Field(
+        2,
+        gt=0,
+        description="passes over the training text (under equal steps: by the "
+        "tokenizer with the fewest tokens)",
+    )
     protocol: Literal["steps", "bytes"] = Field(
-        "steps", description="steps: every LM takes the same optimizer steps (tokenizers.evaluate.equal_steps); "
-        "bytes: the same passes over the same text, so finer tokenizers get more steps (§5.4.2)")
+        "steps",
+        description="steps: every LM takes the same optimizer steps (tokenizers.evaluate.equal_steps); "
+        "bytes: the same passes over the same text, so finer tokenizers get more steps (§5.4.2)",
+    )
     train_bytes: int | None = Field(None, gt=0, description="cap on training text bytes (None = all)")
     lm: LMConfig | None = Field(None, description="evaluation LM; default: the scoring LM")
 
@@ -103,23 +125,41 @@ class EvalConfig(Strict):
 class AdatConfig(Strict):
     kind: Literal["adat"]
     seed: int = 0
-    seeds: list[int] | None = Field(None, min_length=1, description="run everything once per seed (held-out "
-                                    "split, initial sample, LMs, sampling) and report mean ± std; None = seed")
+    seeds: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="run everything once per seed (held-out "
+        "split, initial sample, LMs, sampling) and report mean ± std; None = seed",
+    )
     threads: int = Field(1, ge=1, description="torch intra-op threads (1 is fastest for micro models)")
-    corpus: str = Field("stdlib_docstrings",
-                        description="a bundled corpus name or a .txt/.jsonl(.xz/.gz) path")
+    corpus: str = Field(
+        "stdlib_docstrings", description="a bundled corpus name or a .txt/.jsonl(.xz/.gz) path"
+    )
     max_corpus_bytes: int | None = Field(None, gt=0, description="read the file's first documents up to this")
-    score_fraction: float = Field(0.1, gt=0, lt=0.5, description="documents held out (spread evenly) "
-                                  "for the LM loss b (§5.4.2: 0.1B tokens)")
-    score_bytes: int | None = Field(None, gt=0, description="read at most this many bytes of the scoring slice "
-                                    "(Tables 5.5/5.11: inference data 1M-1000M tokens); None = all of it")
-    eval_fraction: float = Field(0.1, gt=0, lt=0.5,
-                                 description="documents held out (spread evenly) for the evaluation")
+    score_fraction: float = Field(
+        0.1,
+        gt=0,
+        lt=0.5,
+        description="documents held out (spread evenly) for the LM loss b (§5.4.2: 0.1B tokens)",
+    )
+    score_bytes: int | None = Field(
+        None,
+        gt=0,
+        description="read at most this many bytes of the scoring slice "
+        "(Tables 5.5/5.11: inference data 1M-1000M tokens); None = all of it",
+    )
+    eval_fraction: float = Field(
+        0.1, gt=0, lt=0.5, description="documents held out (spread evenly) for the evaluation"
+    )
     unigram_docs: int | None = Field(
-        None, gt=0, description="seeded sample of training documents for the initial vocabulary, the removal "
-        "loss a, EM and the baseline vocabularies (sentencepiece's input_sentence_size); None = every one")
+        None,
+        gt=0,
+        description="seeded sample of training documents for the initial vocabulary, the removal "
+        "loss a, EM and the baseline vocabularies (sentencepiece's input_sentence_size); None = every one",
+    )
     initial: Literal["unigram", "bytepiece"] = Field(
-        "unigram", description="initial vocabulary (Table 5.1: ADAT on Unigram or on BytePiece)")
+        "unigram", description="initial vocabulary (Table 5.1: ADAT on Unigram or on BytePiece)"
+    )
     bytepiece: BytePieceConfig = BytePieceConfig()
     initial_vocab: int = Field(8000, gt=0, description="§5.4.2: 150k in the paper")
     target_vocab: int = Field(2000, gt=0, description="paper: 50k")
@@ -127,18 +167,27 @@ class AdatConfig(Strict):
     schedule: list[int] | None = Field(None, description="vocabulary size after each round")
     character_coverage: float = Field(0.9995, gt=0, le=1)
     sampling_alpha: float | Literal["auto"] = Field(
-        "auto", description="sampling smoothing α: P(seg) ∝ exp(α Σ log p) (§5.3.2.1); auto = the smallest α "
-        "whose sampled segmentation stays within max_length_ratio of Viterbi's length, per round")
+        "auto",
+        description="sampling smoothing α: P(seg) ∝ exp(α Σ log p) (§5.3.2.1); auto = the smallest α "
+        "whose sampled segmentation stays within max_length_ratio of Viterbi's length, per round",
+    )
     max_length_ratio: float = Field(1.2, gt=1, description="bound on sampled/Viterbi tokens for auto α")
     calibration_docs: int = Field(512, gt=0, description="documents the auto α is calibrated on (each round)")
-    round_train_tokens: int = Field(200_000, gt=0, description="LM training tokens per round (paper ~0.3B); "
-                                    "each round reads on from where the previous one stopped")
+    round_train_tokens: int = Field(
+        200_000,
+        gt=0,
+        description="LM training tokens per round (paper ~0.3B); "
+        "each round reads on from where the previous one stopped",
+    )
     reestimate_iters: int = Field(2, ge=0, description="EM iterations after each pruning")
     unseen_pieces: Literal["evidence", "literal"] = Field(
-        "evidence", description="pieces absent from the scoring slice: scored on unseen training text "
-        "(tokenizers.evidence), or eq. 5.3 literally (b = 0, ratio score +inf)")
-    evidence_fraction: float = Field(1.0, ge=0, description="evidence text scored per round, at most this "
-                                     "times the scoring slice's tokens")
+        "evidence",
+        description="pieces absent from the scoring slice: scored on unseen training text "
+        "(tokenizers.evidence), or eq. 5.3 literally (b = 0, ratio score +inf)",
+    )
+    evidence_fraction: float = Field(
+        1.0, ge=0, description="evidence text scored per round, at most this times the scoring slice's tokens"
+    )
     lm: LMConfig = LMConfig()
     variants: list[VariantConfig] = Field(default_factory=lambda: [VariantConfig()], min_length=1)
     evaluate: EvalConfig = EvalConfig()
@@ -146,18 +195,25 @@ class AdatConfig(Strict):
     @model_validator(mode="after")
     def _check(self) -> AdatConfig:
         if self.target_vocab > self.initial_vocab:
-            raise ConfigError("target_vocab",
-                              f"{self.target_vocab} is larger than initial_vocab {self.initial_vocab}",
-                              "a target no larger than the initial vocabulary (pruning only removes pieces)")
+            raise ConfigError(
+                "target_vocab",
+                f"{self.target_vocab} is larger than initial_vocab {self.initial_vocab}",
+                "a target no larger than the initial vocabulary (pruning only removes pieces)",
+            )
         sizes = self.sizes()
         if sizes[-1] != self.target_vocab:
-            raise ConfigError("schedule",
-                              f"{sizes} ends at {sizes[-1]}, not target_vocab {self.target_vocab}",
-                              "a schedule whose last size is the target")
+            raise ConfigError(
+                "schedule",
+                f"{sizes} ends at {sizes[-1]}, not target_vocab {self.target_vocab}",
+                "a schedule whose last size is the target",
+            )
         steps = [self.initial_vocab, *sizes]
         if any(b > a for a, b in itertools.pairwise(steps)):
-            raise ConfigError("schedule", f"{sizes} grows somewhere after initial_vocab {self.initial_vocab}",
-                              "non-increasing sizes from initial_vocab down to target_vocab")
+            raise ConfigError(
+                "schedule",
+                f"{sizes} grows somewhere after initial_vocab {self.initial_vocab}",
+                "non-increasing sizes from initial_vocab down to target_vocab",
+            )
         if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
             raise ConfigError("seeds", f"{self.seeds} repeats a seed", "distinct seeds")
         names = [v.name for v in self.variants]
@@ -165,8 +221,9 @@ class AdatConfig(Strict):
         if clash:
             raise ConfigError("variants", f"name '{clash[0]}' is repeated or a baseline name", "unique names")
         if self.round_train_tokens < self.lm.seq_len:
-            raise ConfigError("round_train_tokens", f"{self.round_train_tokens}",
-                              f">= lm.seq_len ({self.lm.seq_len})")
+            raise ConfigError(
+                "round_train_tokens", f"{self.round_train_tokens}", f">= lm.seq_len ({self.lm.seq_len})"
+            )
         return self
 
     def seeded(self, seed: int) -> AdatConfig:

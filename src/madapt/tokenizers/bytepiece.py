@@ -154,7 +154,7 @@ def segment(texts: list[bytes], ngrams: NgramModel, ensure_unicode: bool = True)
     routes: list[np.ndarray] = [np.zeros((0, order), np.int8)]
     for i in range(1, longest):
         b = active[i + 1]
-        final[b:active[i]] = score[b:active[i]].argmax(1)  # chunks whose last byte is i - 1
+        final[b : active[i]] = score[b : active[i]].argmax(1)  # chunks whose last byte is i - 1
         prev, here = score[:b], nodes[first[:b] + i]
         # The byte's score is added before choosing, as BytePiece does: sums that round to a tie
         # then go to the first state, as its argmax does.
@@ -176,7 +176,7 @@ def segment(texts: list[bytes], ngrams: NgramModel, ensure_unicode: bool = True)
         state_at[first[: len(cur)] + longest - 1] = cur
         for i in range(longest - 1, 0, -1):  # the states at position i - 1 from those at i
             b = active[i + 1]
-            cur = np.concatenate([routes[i][np.arange(b), cur], final[b:active[i]]])
+            cur = np.concatenate([routes[i][np.arange(b), cur], final[b : active[i]]])
             state_at[first[: len(cur)] + i - 1] = cur
     return data.tobytes(), np.flatnonzero(state_at == 0)
 
@@ -206,8 +206,11 @@ def _byte_model(pieces: dict[bytes, int]) -> tuple[UnigramModel, list[bytes]]:
     """A Unigram model over bytes-as-latin-1-characters with BytePiece's scores log(count/total)."""
     keys = sorted(pieces)
     total = math.log(sum(pieces.values()))
-    model = UnigramModel(["\x00<unk>", *(k.decode("latin-1") for k in keys)],
-                         [0.0, *(math.log(pieces[k]) - total for k in keys)], [UNKNOWN] + [NORMAL] * len(keys))
+    model = UnigramModel(
+        ["\x00<unk>", *(k.decode("latin-1") for k in keys)],
+        [0.0, *(math.log(pieces[k]) - total for k in keys)],
+        [UNKNOWN] + [NORMAL] * len(keys),
+    )
     return model, keys
 
 
@@ -241,8 +244,11 @@ def prune_pieces(pieces: Counter[bytes], max_size: int, settings: BytePieceSetti
     pieces = Counter(pieces)
     for b in range(256):
         pieces.setdefault(bytes([b]), 1)
-    keep = {k: v for k, v in pieces.items()
-            if len(k) == 1 or (len(k) <= settings.max_piece_length and v >= settings.min_count)}
+    keep = {
+        k: v
+        for k, v in pieces.items()
+        if len(k) == 1 or (len(k) <= settings.max_piece_length and v >= settings.min_count)
+    }
     for k, v in split_pieces(keep, [(k, v) for k, v in pieces.items() if k not in keep]).items():
         keep[k] += v
     keep = _prune_wasted(keep)
@@ -255,7 +261,7 @@ def cut(keep: dict[bytes, int], max_size: int) -> dict[bytes, int]:
         return keep
     ranked = sorted(keep.items(), key=lambda t: (len(t[0]) > 1, -t[1], -len(t[0]), t[0]))
     kept = dict(ranked[: max_size - SPECIAL_IDS])
-    for k, v in split_pieces(kept, ranked[max_size - SPECIAL_IDS:]).items():
+    for k, v in split_pieces(kept, ranked[max_size - SPECIAL_IDS :]).items():
         kept[k] += v
     return _prune_wasted(kept)
 
@@ -266,7 +272,7 @@ def train(texts: Iterable[str], settings: BytePieceSettings = BytePieceSettings(
     ngrams = NgramModel(parts, settings)
     counts: Counter[bytes] = Counter()
     for k in range(0, len(parts), 4096):  # bounded Viterbi tables
-        counts.update(count_pieces(parts[k:k + 4096], ngrams, settings.ensure_unicode))
+        counts.update(count_pieces(parts[k : k + 4096], ngrams, settings.ensure_unicode))
     return prune_pieces(counts, 1 << 62, settings)
 
 
@@ -295,8 +301,13 @@ def to_model_proto(pieces: dict[bytes, int], template: bytes) -> bytes:
     return proto.SerializeToString()
 
 
-def bytepiece_model(texts: Iterable[str], vocab_size: int, template: bytes,
-                    settings: BytePieceSettings = BytePieceSettings(), tries: int = 6) -> bytes:
+def bytepiece_model(
+    texts: Iterable[str],
+    vocab_size: int,
+    template: bytes,
+    settings: BytePieceSettings = BytePieceSettings(),
+    tries: int = 6,
+) -> bytes:
     """A BytePiece vocabulary of ``vocab_size`` sentencepiece pieces (or slightly fewer, as
     BytePiece's own cut can end below its target): the cut is retried with its target moved by
     the difference, since the conversion adds the specials and the ASCII pieces."""
@@ -309,6 +320,9 @@ def bytepiece_model(texts: Iterable[str], vocab_size: int, template: bytes,
             break
         target += vocab_size - size
         candidate = to_model_proto(cut(full, target), template)
-        if abs(len(read_model_proto(candidate).pieces) - vocab_size) < abs(size - vocab_size) or size > vocab_size:
+        if (
+            abs(len(read_model_proto(candidate).pieces) - vocab_size) < abs(size - vocab_size)
+            or size > vocab_size
+        ):
             best = candidate
     return best

@@ -101,8 +101,9 @@ class CorpusStream:
         try:
             yield from iter_texts(self.path, stats, self.max_bytes)
         except (OSError, EOFError, lzma.LZMAError) as err:
-            raise DataError(f"corpus '{self.name}'", f"cannot be read ({err})",
-                            "a readable text file") from None
+            raise DataError(
+                f"corpus '{self.name}'", f"cannot be read ({err})", "a readable text file"
+            ) from None
 
     def texts(self, part: Part) -> Iterator[str]:
         """The documents of one part, in file order."""
@@ -154,8 +155,10 @@ class CyclicReader:
             self._source = self._open_pass()
             skipped = sum(1 for _ in islice(self._source, self._start))
             if skipped < self._start:
-                raise ValueError(f"cursor {self._start} is past the end of the source ({skipped} documents); "
-                                 "did the corpus change since the checkpoint?")
+                raise ValueError(
+                    f"cursor {self._start} is past the end of the source ({skipped} documents); "
+                    "did the corpus change since the checkpoint?"
+                )
             self._next_index = self._start
         for text in self._source:
             self._next_index += 1

@@ -44,7 +44,6 @@ from typing import Any
 
 import numpy as np
 import sentencepiece as spm
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from madapt.backbones.causal_lm import build_causal_lm
 from madapt.errors import ConfigError, DataError
@@ -62,6 +61,7 @@ from madapt.tokenizers.lm_scoring import (
 from madapt.tokenizers.unigram import read_model_proto
 from madapt.tokenizers.units import rule_files
 from madapt.training import Processes
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 BPE_SEPARATOR = "<|endoftext|>"
 
@@ -92,8 +92,11 @@ class LMEvalSpec:
 def check_data_root(data_root: str) -> None:
     """A missing lm-eval data folder is a one-line `DataError`."""
     if not Path(data_root).is_dir():
-        raise DataError(f"evaluate.lm_eval.data_root '{data_root}'", "is not a folder",
-                        "a Hugging Face cache folder with the tasks' datasets (lm-eval's offline guide)")
+        raise DataError(
+            f"evaluate.lm_eval.data_root '{data_root}'",
+            "is not a folder",
+            "a Hugging Face cache folder with the tasks' datasets (lm-eval's offline guide)",
+        )
 
 
 @contextlib.contextmanager
@@ -104,8 +107,12 @@ def offline_datasets(data_root: str | None) -> Iterator[None]:
         yield
         return
     check_data_root(data_root)
-    names = {"HF_DATASETS_CACHE": data_root, "HF_HUB_CACHE": str(Path(data_root) / "hub"),
-             "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    names = {
+        "HF_DATASETS_CACHE": data_root,
+        "HF_HUB_CACHE": str(Path(data_root) / "hub"),
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
     before = {k: os.environ.get(k) for k in names}
     os.environ.update(names)
     try:
@@ -126,8 +133,11 @@ def require_lm_eval(where: str = "evaluate.lm_eval") -> ModuleType:
     try:
         import lm_eval
     except ImportError:
-        raise ConfigError(where, "asks for lm-evaluation-harness tasks but the lm-eval package is not installed",
-                          f"`{LM_EVAL_EXTRA}`, or no lm_eval section") from None
+        raise ConfigError(
+            where,
+            "asks for lm-evaluation-harness tasks but the lm-eval package is not installed",
+            f"`{LM_EVAL_EXTRA}`, or no lm_eval section",
+        ) from None
     return lm_eval
 
 
@@ -158,16 +168,19 @@ def run_lm_eval(model: Any, tokenizer: Any, spec: LMEvalSpec, max_length: int) -
     for task in spec.tasks:
         try:
             with offline_datasets(spec.data_root):
-                result = lm_eval.simple_evaluate(model=lm, tasks=[task], num_fewshot=spec.num_fewshot,
-                                                 limit=spec.limit)
+                result = lm_eval.simple_evaluate(
+                    model=lm, tasks=[task], num_fewshot=spec.num_fewshot, limit=spec.limit
+                )
         except Exception as err:
             if not _is_download_failure(err):
                 raise
             detail = " ".join(str(err).split())[:100]
             where = f" in data_root {spec.data_root}" if spec.data_root else " (offline?)"
-            raise DataError(f"lm-eval task '{task}'", f"its dataset could not be loaded ({type(err).__name__}: "
-                            f"{detail}){where}", "Hugging Face Hub access, or a local copy of the dataset "
-                            "(lm-eval's offline guide)") from None
+            raise DataError(
+                f"lm-eval task '{task}'",
+                f"its dataset could not be loaded ({type(err).__name__}: {detail}){where}",
+                "Hugging Face Hub access, or a local copy of the dataset (lm-eval's offline guide)",
+            ) from None
         metrics = result["results"].get(task, {})
         out[task] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
     return out
@@ -176,9 +189,16 @@ def run_lm_eval(model: Any, tokenizer: Any, spec: LMEvalSpec, max_length: int) -
 MAX_DOCUMENT_BYTES = 1 << 24
 
 
-def train_unigram(texts: Iterable[str], vocab_size: int, *, character_coverage: float = 0.9995,
-                  max_piece_length: int = 16, num_threads: int = 2, where: str = "corpus",
-                  hard_vocab_limit: bool = True) -> bytes:
+def train_unigram(
+    texts: Iterable[str],
+    vocab_size: int,
+    *,
+    character_coverage: float = 0.9995,
+    max_piece_length: int = 16,
+    num_threads: int = 2,
+    where: str = "corpus",
+    hard_vocab_limit: bool = True,
+) -> bytes:
     """A sentencepiece Unigram ``.model`` (serialized) with byte fallback, the lossless normaliser of
     `units` (identity, U+2581 escaped, no dummy prefix, spaces kept) and specials <unk> <s> </s>
     <pad> at ids 0-3.
@@ -190,19 +210,33 @@ def train_unigram(texts: Iterable[str], vocab_size: int, *, character_coverage: 
     try:
         with rule_files() as normalizer:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(texts), model_writer=buffer, model_type="unigram", vocab_size=vocab_size,
-                byte_fallback=True, character_coverage=character_coverage, max_sentencepiece_length=max_piece_length,
+                sentence_iterator=iter(texts),
+                model_writer=buffer,
+                model_type="unigram",
+                vocab_size=vocab_size,
+                byte_fallback=True,
+                character_coverage=character_coverage,
+                max_sentencepiece_length=max_piece_length,
                 # sentencepiece silently skips longer "sentences" (default 4192 bytes): whole Pile
                 # documents are longer, and our Unigram model counts them whole
-                max_sentence_length=MAX_DOCUMENT_BYTES, num_threads=num_threads, minloglevel=2,
-                pad_id=3, hard_vocab_limit=hard_vocab_limit, **normalizer)
+                max_sentence_length=MAX_DOCUMENT_BYTES,
+                num_threads=num_threads,
+                minloglevel=2,
+                pad_id=3,
+                hard_vocab_limit=hard_vocab_limit,
+                **normalizer,
+            )
     except RuntimeError as err:
         detail = " ".join(str(err).split())[-120:]
         if "Vocabulary size too high" not in detail:
-            raise DataError(where, f"sentencepiece cannot train on it ({detail})", "a usable text corpus") from None
-        raise DataError(where, f"too small to train a {vocab_size}-piece Unigram vocabulary "
-                        f"(sentencepiece: {detail})",
-                        "more text, or a smaller vocabulary size") from None
+            raise DataError(
+                where, f"sentencepiece cannot train on it ({detail})", "a usable text corpus"
+            ) from None
+        raise DataError(
+            where,
+            f"too small to train a {vocab_size}-piece Unigram vocabulary (sentencepiece: {detail})",
+            "more text, or a smaller vocabulary size",
+        ) from None
     return without_rule_paths(buffer.getvalue())
 
 
@@ -239,8 +273,12 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BPE_SEPARATOR], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[BPE_SEPARATOR],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     return tok
 
@@ -254,8 +292,9 @@ def bpe_candidate(name: str, tok: Tokenizer) -> Candidate:
 
         return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=BPE_SEPARATOR)
 
-    return Candidate(name, encode, tok.get_vocab_size(), tok.token_to_id(BPE_SEPARATOR),
-                     frozenset(tok.get_vocab()), hf)
+    return Candidate(
+        name, encode, tok.get_vocab_size(), tok.token_to_id(BPE_SEPARATOR), frozenset(tok.get_vocab()), hf
+    )
 
 
 def bits_per_byte(nll_nats: float, n_bytes: int) -> float:
@@ -274,14 +313,20 @@ def text_bytes(texts: Sequence[str]) -> int:
     return sum(len(t.encode("utf-8")) + 1 for t in texts)
 
 
-def train_stream(candidate: Candidate, train_texts: Sequence[str], settings: LMSettings) -> tuple[np.ndarray, Blocks]:
+def train_stream(
+    candidate: Candidate, train_texts: Sequence[str], settings: LMSettings
+) -> tuple[np.ndarray, Blocks]:
     """The candidate's token stream of ``train_texts`` and its full training blocks."""
-    train_ids = np.concatenate([np.zeros(0, np.int64),
-                                *encode_chunks(candidate.encode, train_texts, candidate.sep_id)])
+    train_ids = np.concatenate(
+        [np.zeros(0, np.int64), *encode_chunks(candidate.encode, train_texts, candidate.sep_id)]
+    )
     blocks = pack(train_ids, settings.seq_len, candidate.sep_id, keep_partial=False)
     if len(blocks.ids) == 0:
-        raise DataError("evaluation training text", f"gives {len(train_ids)} tokens with {candidate.name}",
-                        f"at least one block of {settings.seq_len - 1} tokens")
+        raise DataError(
+            "evaluation training text",
+            f"gives {len(train_ids)} tokens with {candidate.name}",
+            f"at least one block of {settings.seq_len - 1} tokens",
+        )
     return train_ids, blocks
 
 
@@ -290,18 +335,29 @@ def epoch_steps(n_blocks: int, epochs: int, batch_size: int) -> int:
     return max(1, epochs * n_blocks // batch_size)
 
 
-def equal_steps(candidates: Sequence[Candidate], train_texts: Sequence[str], settings: LMSettings,
-                epochs: int) -> int:
+def equal_steps(
+    candidates: Sequence[Candidate], train_texts: Sequence[str], settings: LMSettings, epochs: int
+) -> int:
     """One step count for every candidate (the equal-steps protocol): that of ``epochs`` passes for
     the candidate with the fewest tokens, so each LM takes the same number of equal-sized
     batches and none repeats its text more than ``epochs`` times."""
-    return min(epoch_steps(len(train_stream(c, train_texts, settings)[1].ids), epochs, settings.batch_size)
-               for c in candidates)
+    return min(
+        epoch_steps(len(train_stream(c, train_texts, settings)[1].ids), epochs, settings.batch_size)
+        for c in candidates
+    )
 
 
-def evaluate(candidate: Candidate, train_texts: Sequence[str], eval_texts: Iterable[str],
-             settings: LMSettings, epochs: int, seed: int, lm_eval: LMEvalSpec | None = None,
-             processes: Processes = Processes(), steps: int | None = None) -> dict[str, Any]:
+def evaluate(
+    candidate: Candidate,
+    train_texts: Sequence[str],
+    eval_texts: Iterable[str],
+    settings: LMSettings,
+    epochs: int,
+    seed: int,
+    lm_eval: LMEvalSpec | None = None,
+    processes: Processes = Processes(),
+    steps: int | None = None,
+) -> dict[str, Any]:
     """Train ``settings.preset`` from scratch on ``train_texts`` with this tokenizer for ``steps``
     optimizer steps (None: ``epochs`` passes over its own token stream) and score ``eval_texts``;
     returns the metrics of the module docstring (plus ``lm_eval`` per-task metrics when

@@ -45,8 +45,13 @@ class EvidenceSearch:
     wanted: np.ndarray
 
 
-def find_evidence(missing: np.ndarray, encode: Callable[[list[str]], list[list[int]]], docs: Iterable[str],
-                  max_tokens: int, chunk: int = 512) -> list[str]:
+def find_evidence(
+    missing: np.ndarray,
+    encode: Callable[[list[str]], list[list[int]]],
+    docs: Iterable[str],
+    max_tokens: int,
+    chunk: int = 512,
+) -> list[str]:
     """Documents of ``docs`` (the unseen training text, in order) that hold pieces of ``missing``
     (bool per piece), each taken when it adds at least one still-missing piece, until none is
     missing, ``docs`` runs out or ``max_tokens`` Viterbi tokens are taken."""
@@ -82,8 +87,9 @@ class LMTerm:
         return self.in_slice | self.from_evidence
 
 
-def lm_term(slice_acc: LossAccumulator, evidence_acc: LossAccumulator | None, freq: np.ndarray,
-            matchable: np.ndarray) -> LMTerm:
+def lm_term(
+    slice_acc: LossAccumulator, evidence_acc: LossAccumulator | None, freq: np.ndarray, matchable: np.ndarray
+) -> LMTerm:
     """b per piece (module docstring, step 2); pieces without evidence get b = 0 and are flagged."""
     total, count = slice_acc.total.numpy(), slice_acc.count.numpy()
     in_slice = count > 0
@@ -100,8 +106,14 @@ def lm_term(slice_acc: LossAccumulator, evidence_acc: LossAccumulator | None, fr
     return LMTerm(b, in_slice, from_evidence)
 
 
-def prune_by_evidence(pieces: Sequence[str], score: np.ndarray, a: np.ndarray, n_remove: int,
-                      required: np.ndarray, has_evidence: np.ndarray) -> np.ndarray:
+def prune_by_evidence(
+    pieces: Sequence[str],
+    score: np.ndarray,
+    a: np.ndarray,
+    n_remove: int,
+    required: np.ndarray,
+    has_evidence: np.ndarray,
+) -> np.ndarray:
     """Keep-mask removing ``n_remove`` pieces (module docstring, step 3): the pieces without
     evidence at the overall rate by ``a`` alone, the others by ``score``."""
     removable = ~np.asarray(required, dtype=bool)

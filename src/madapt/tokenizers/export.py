@@ -30,7 +30,6 @@ from typing import Any
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as pb
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from madapt.tokenizers.unigram import (
     BYTE,
@@ -42,6 +41,7 @@ from madapt.tokenizers.unigram import (
     read_model_proto,
 )
 from madapt.tokenizers.units import ESCAPE, SPACE, escape, unit_mode
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 BYTE_PIECES = [f"<0x{b:02X}>" for b in range(256)]
 HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -113,9 +113,13 @@ def hf_pretrained(proto_bytes: bytes) -> Any:
     sp = spm.SentencePieceProcessor(model_proto=proto_bytes)
     pad = sp.pad_id() if sp.pad_id() >= 0 else sp.eos_id()
     return PreTrainedTokenizerFast(
-        tokenizer_object=hf_tokenizer(proto_bytes), unk_token=sp.id_to_piece(sp.unk_id()),
-        bos_token=sp.id_to_piece(sp.bos_id()), eos_token=sp.id_to_piece(sp.eos_id()),
-        pad_token=sp.id_to_piece(pad), clean_up_tokenization_spaces=False)
+        tokenizer_object=hf_tokenizer(proto_bytes),
+        unk_token=sp.id_to_piece(sp.unk_id()),
+        bos_token=sp.id_to_piece(sp.bos_id()),
+        eos_token=sp.id_to_piece(sp.eos_id()),
+        pad_token=sp.id_to_piece(pad),
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -139,8 +143,12 @@ def save_hf(proto_bytes: bytes, out_dir: str | Path) -> list[Path]:
         config = json.loads(config_path.read_text(encoding="utf-8"))
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
         config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        special = {f"{name}_token": getattr(tokenizer, f"{name}_token") for name in ("bos", "eos", "unk", "pad")}
-        (Path(staging) / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")
+        special = {
+            f"{name}_token": getattr(tokenizer, f"{name}_token") for name in ("bos", "eos", "unk", "pad")
+        }
+        (Path(staging) / "special_tokens_map.json").write_text(
+            json.dumps(special, indent=2) + "\n", encoding="utf-8"
+        )
         paths = []
         for name in HF_FILES:
             os.replace(Path(staging) / name, out / name)

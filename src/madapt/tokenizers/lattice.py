@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 UNK_PENALTY = 10.0  # sentencepiece's kUnkPenalty
 
+
 class Lattice:
     """All segmentation edges of a list of strings, laid out for level-by-level dynamic programs.
 
@@ -73,7 +74,16 @@ class Lattice:
     @property
     def nbytes(self) -> int:
         """Memory held by the edge and node arrays."""
-        arrays = (self.string, self.start, self.end, self.piece, self.unknown, self.src, self.dst, self.offsets)
+        arrays = (
+            self.string,
+            self.start,
+            self.end,
+            self.piece,
+            self.unknown,
+            self.src,
+            self.dst,
+            self.offsets,
+        )
         return sum(a.nbytes for a in arrays)
 
     def edge_scores(self, model: UnigramModel) -> np.ndarray:

@@ -106,16 +106,17 @@ def pack(ids: Sequence[int] | np.ndarray, seq_len: int, sep_id: int, keep_partia
     n = n_full + (1 if rest and keep_partial else 0)
     out = torch.full((n, seq_len), sep_id, dtype=torch.long)
     mask = torch.zeros((n, seq_len), dtype=torch.bool)
-    out[:n_full, 1:] = flat[:n_full * body].view(n_full, body)
+    out[:n_full, 1:] = flat[: n_full * body].view(n_full, body)
     mask[:n_full] = True
     if n > n_full:
-        out[n_full, 1:1 + rest] = flat[n_full * body:]
-        mask[n_full, :1 + rest] = True
+        out[n_full, 1 : 1 + rest] = flat[n_full * body :]
+        mask[n_full, : 1 + rest] = True
     return Blocks(out, mask)
 
 
-def encode_chunks(encode: Encode, texts: Iterable[str], sep_id: int,
-                  chunk: int = 2048) -> Iterator[np.ndarray]:
+def encode_chunks(
+    encode: Encode, texts: Iterable[str], sep_id: int, chunk: int = 2048
+) -> Iterator[np.ndarray]:
     """`stream` of ``texts`` ``chunk`` documents at a time, so a long text source is never held whole."""
     batch: list[str] = []
     for text in texts:
@@ -127,8 +128,9 @@ def encode_chunks(encode: Encode, texts: Iterable[str], sep_id: int,
         yield np.asarray(stream(encode, batch, sep_id), dtype=np.int64)
 
 
-def iter_blocks(chunks: Iterable[np.ndarray], seq_len: int, sep_id: int,
-                keep_partial: bool = True) -> Iterator[Blocks]:
+def iter_blocks(
+    chunks: Iterable[np.ndarray], seq_len: int, sep_id: int, keep_partial: bool = True
+) -> Iterator[Blocks]:
     """`pack` of the concatenated ``chunks``, yielded as groups of blocks as soon as they fill:
     the groups stacked are ``pack(concatenation)``, while at most one chunk is in memory."""
     body = seq_len - 1
@@ -143,8 +145,14 @@ def iter_blocks(chunks: Iterable[np.ndarray], seq_len: int, sep_id: int,
         yield pack(rest, seq_len, sep_id)
 
 
-def take_tokens(reader: CyclicReader, encode: FlatEncode, sep_id: int, n_tokens: int, first_chunk: int = 64,
-                max_chunk: int = 2048) -> tuple[np.ndarray, int]:
+def take_tokens(
+    reader: CyclicReader,
+    encode: FlatEncode,
+    sep_id: int,
+    n_tokens: int,
+    first_chunk: int = 64,
+    max_chunk: int = 2048,
+) -> tuple[np.ndarray, int]:
     """Exactly ``n_tokens`` ids of the documents from ``reader``'s cursor on, each followed by
     ``sep_id``, and the number of documents consumed (the last one possibly cut short).
 
@@ -161,7 +169,7 @@ def take_tokens(reader: CyclicReader, encode: FlatEncode, sep_id: int, n_tokens:
         ids, counts = encode(texts)
         ends = np.cumsum(counts + 1)  # stream position after each document's separator
         k = min(len(texts), int(np.searchsorted(ends, n_tokens - have)) + 1)
-        parts.append(np.insert(ids, np.cumsum(counts), sep_id)[:ends[k - 1]])
+        parts.append(np.insert(ids, np.cumsum(counts), sep_id)[: ends[k - 1]])
         reader.advance(k)
         used += k
         have += int(ends[k - 1])
@@ -181,9 +189,15 @@ def batch_rows(n_blocks: int, batch_size: int, steps: int, seed: int) -> Iterato
         order = order[batch_size:]
 
 
-def train_lm(model: GPTNeoXForCausalLM, blocks: Blocks, steps: int, settings: LMSettings,
-             seed: int, progress: Callable[[int, int], None] | None = None,
-             processes: Processes = Processes()) -> list[float]:
+def train_lm(
+    model: GPTNeoXForCausalLM,
+    blocks: Blocks,
+    steps: int,
+    settings: LMSettings,
+    seed: int,
+    progress: Callable[[int, int], None] | None = None,
+    processes: Processes = Processes(),
+) -> list[float]:
     """Train with AdamW (0.9, 0.95) and warmup + cosine (Pythia's recipe, lr floor omitted) for
     ``steps`` batches drawn by epochs over shuffled blocks; returns the loss of every step.
 
@@ -193,8 +207,9 @@ def train_lm(model: GPTNeoXForCausalLM, blocks: Blocks, steps: int, settings: LM
     mean loss even when the batch does not split evenly. The returned losses are global too.
     """
     device = next(model.parameters()).device
-    optimizer = build_optimizer(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay,
-                                betas=(0.9, 0.95))
+    optimizer = build_optimizer(
+        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.95)
+    )
     scheduler = warmup_cosine(optimizer, min(steps, max(1, round(settings.warmup_frac * steps))), steps)
     model.train()
     shares: list[float] = []  # this process's part of each step's global mean loss
@@ -222,8 +237,13 @@ def train_lm(model: GPTNeoXForCausalLM, blocks: Blocks, steps: int, settings: LM
 
 
 @torch.no_grad()
-def accumulate_loss(model: GPTNeoXForCausalLM, blocks: Blocks | Iterable[Blocks], vocab_size: int,
-                    batch_size: int = 32, processes: Processes = Processes()) -> LossAccumulator:
+def accumulate_loss(
+    model: GPTNeoXForCausalLM,
+    blocks: Blocks | Iterable[Blocks],
+    vocab_size: int,
+    batch_size: int = 32,
+    processes: Processes = Processes(),
+) -> LossAccumulator:
     """Eq. 5.3: per piece, the sum over its occurrences in ``blocks`` of CE(M(x_<t), x_t).
 
     ``blocks`` is one `Blocks` or a stream of them (`iter_blocks`). Each process scores its
@@ -269,11 +289,20 @@ class RoundLM:
     length_ratio: float
 
 
-def piece_lm_loss(model_proto: bytes, train_texts: CyclicReader | Sequence[str], score_texts: Iterable[str],
-                  train_tokens: int, settings: LMSettings, seed: int, alpha: float | None = 0.1,
-                  max_length_ratio: float = 1.2, calibration_docs: int = 256,
-                  evidence: EvidenceSearch | None = None, progress: Callable[[int, int], None] | None = None,
-                  processes: Processes = Processes()) -> RoundLM:
+def piece_lm_loss(
+    model_proto: bytes,
+    train_texts: CyclicReader | Sequence[str],
+    score_texts: Iterable[str],
+    train_tokens: int,
+    settings: LMSettings,
+    seed: int,
+    alpha: float | None = 0.1,
+    max_length_ratio: float = 1.2,
+    calibration_docs: int = 256,
+    evidence: EvidenceSearch | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    processes: Processes = Processes(),
+) -> RoundLM:
     """One ADAT round's LM term: a fresh GPT-NeoX with one embedding row per piece of
     ``model_proto``, trained on ``train_tokens`` sampled-segmentation tokens, then scored on the
     Viterbi segmentation of ``score_texts`` and, with ``evidence``, of unseen training documents
@@ -292,7 +321,9 @@ def piece_lm_loss(model_proto: bytes, train_texts: CyclicReader | Sequence[str],
     reader = train_texts if isinstance(train_texts, CyclicReader) else CyclicReader.over(train_texts)
     calibration_ratio = None
     if alpha is None:
-        alpha, calibration_ratio = calibrate_alpha(model_proto, reader.peek(calibration_docs), max_length_ratio, seed)
+        alpha, calibration_ratio = calibrate_alpha(
+            model_proto, reader.peek(calibration_docs), max_length_ratio, seed
+        )
     sampler = SegmentationSampler.from_proto(model_proto, alpha)
     rng = np.random.default_rng(seed)
     lengths = {"sampled": 0, "viterbi": 0}
@@ -319,6 +350,8 @@ def piece_lm_loss(model_proto: bytes, train_texts: CyclicReader | Sequence[str],
         docs = find_evidence(missing, sp_encoder(sp), reader.lookahead(unseen), budget)
         if docs:
             blocks = iter_blocks(encode_chunks(sp_encoder(sp), docs, sep), settings.seq_len, sep)
-            evidence_acc = accumulate_loss(model, blocks, sp.get_piece_size(), settings.eval_batch_size, processes)
+            evidence_acc = accumulate_loss(
+                model, blocks, sp.get_piece_size(), settings.eval_batch_size, processes
+            )
     ratio = lengths["sampled"] / max(lengths["viterbi"], 1)
     return RoundLM(acc, losses, evidence_acc, len(docs), float(alpha), calibration_ratio, ratio)

@@ -55,8 +55,13 @@ class SegmentationSampler:
     so repeated passes over a corpus cost only the backward walks.
     """
 
-    def __init__(self, model: UnigramModel, alpha: float = 0.1, normalize: Normalizer | None = None,
-                 byte_fallback: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: UnigramModel,
+        alpha: float = 0.1,
+        normalize: Normalizer | None = None,
+        byte_fallback: bool | None = None,
+    ) -> None:
         """``byte_fallback``: the ModelProto's ``trainer_spec.byte_fallback``; None = whether the
         model has all 256 ``<0xXX>`` BYTE pieces."""
         if not alpha > 0:
@@ -190,7 +195,7 @@ class SegmentationSampler:
         tok_ptr = np.cumsum(tok_len) - tok_len
         tokens = np.repeat(tokens_of_edge, tok_len)
         for e, ids in byte_ids.items():
-            tokens[tok_ptr[e]:tok_ptr[e] + len(ids)] = ids
+            tokens[tok_ptr[e] : tok_ptr[e] + len(ids)] = ids
 
         self._final = np.concatenate([self._final, lattice.final_nodes() + self._n_nodes])
         self._first_in = np.concatenate([self._first_in, first_in])
@@ -232,16 +237,24 @@ class SegmentationSampler:
         return np.concatenate(out_edge), np.concatenate(out_owner), np.concatenate(out_rank)
 
 
-def length_ratio(sampler: SegmentationSampler, viterbi_lengths: np.ndarray, texts: Sequence[str],
-                 rng: np.random.Generator) -> float:
+def length_ratio(
+    sampler: SegmentationSampler, viterbi_lengths: np.ndarray, texts: Sequence[str], rng: np.random.Generator
+) -> float:
     """Sampled tokens over Viterbi tokens of ``texts`` (``viterbi_lengths``: tokens per text)."""
     sampled = int(sampler.sample_flat(texts, rng)[1].sum())
     return sampled / max(int(np.sum(viterbi_lengths)), 1)
 
 
-def calibrate_alpha(model_proto: bytes, texts: Sequence[str], max_ratio: float, seed: int,
-                    low: float = 0.02, high: float = 4.0, steps: int = 8,
-                    margin: float = 0.05) -> tuple[float, float]:
+def calibrate_alpha(
+    model_proto: bytes,
+    texts: Sequence[str],
+    max_ratio: float,
+    seed: int,
+    low: float = 0.02,
+    high: float = 4.0,
+    steps: int = 8,
+    margin: float = 0.05,
+) -> tuple[float, float]:
     """The smallest α (the most random segmentation, §5.3.2.1) whose sampled segmentation of
     ``texts`` is at most ``max_ratio - margin`` times as long as Viterbi's, by bisection on log α
     with the same random numbers for every α; returns (α, measured ratio).

@@ -23,9 +23,25 @@ from madapt.tokenizers.units import SPACE, Normalizer, UnitMode, split_units, wh
 
 # sentencepiece ModelProto.SentencePiece.Type values.
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
-__all__ = ["BYTE", "CONTROL", "NORMAL", "SPACE", "UNKNOWN", "UNK_PENALTY", "UNUSED", "USER_DEFINED",
-           "UnigramModel", "WordCorpus", "corpus_loglik", "corpus_loglik_without", "exact_removal_loss",
-           "read_model_proto", "viterbi", "word_counts", "word_logliks"]
+__all__ = [
+    "BYTE",
+    "CONTROL",
+    "NORMAL",
+    "SPACE",
+    "UNKNOWN",
+    "UNK_PENALTY",
+    "UNUSED",
+    "USER_DEFINED",
+    "UnigramModel",
+    "WordCorpus",
+    "corpus_loglik",
+    "corpus_loglik_without",
+    "exact_removal_loss",
+    "read_model_proto",
+    "viterbi",
+    "word_counts",
+    "word_logliks",
+]
 
 
 def read_model_proto(model: str | Path | bytes) -> pb.ModelProto:
@@ -89,8 +105,9 @@ class WordCorpus:
     counts: np.ndarray
 
 
-def word_counts(sentences: Iterable[str], normalize: Normalizer | None = None, mode: UnitMode = "space",
-                batch: int = 4096) -> WordCorpus:
+def word_counts(
+    sentences: Iterable[str], normalize: Normalizer | None = None, mode: UnitMode = "space", batch: int = 4096
+) -> WordCorpus:
     """Unique units and their counts as sentencepiece's trainer counts words (`units`): each text
     normalised by ``normalize`` (a ModelProto's, `units.sp_normalizer`; default: what the models
     `evaluate.train_unigram` trains do), then cut by `units.split_units` in ``mode``."""
@@ -106,7 +123,6 @@ def word_counts(sentences: Iterable[str], normalize: Normalizer | None = None, m
         counter.update(u for text in normalize(chunk) for u in split_units(text, mode))
     words = sorted(counter)
     return WordCorpus(words, np.array([counter[w] for w in words], float))
-
 
 
 def word_logliks(model: UnigramModel, words: list[str]) -> np.ndarray:

@@ -51,8 +51,9 @@ def word_chunks(corpus: WordCorpus, chunk_chars: int = CHUNK_CHARS) -> Iterator[
         lo = hi
 
 
-def viterbi_counts(model: UnigramModel, corpus: WordCorpus, chunk_chars: int = CHUNK_CHARS,
-                   table: _PieceTable | None = None) -> np.ndarray:
+def viterbi_counts(
+    model: UnigramModel, corpus: WordCorpus, chunk_chars: int = CHUNK_CHARS, table: _PieceTable | None = None
+) -> np.ndarray:
     """How often each piece is on the Viterbi path of the corpus (unknown characters count as unk)."""
     table = _PieceTable(model) if table is None else table
     freq = np.zeros(len(model.pieces))
@@ -64,8 +65,9 @@ def viterbi_counts(model: UnigramModel, corpus: WordCorpus, chunk_chars: int = C
     return freq
 
 
-def _alternatives(model: UnigramModel, table: _PieceTable,
-                  chunk_chars: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _alternatives(
+    model: UnigramModel, table: _PieceTable, chunk_chars: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For every matchable piece whose own string's Viterbi path is the piece itself: the pieces
     of its best split without it (2nd-best path). Returns the mask of such pieces and the
     (piece, alternative piece) pairs."""
@@ -125,7 +127,9 @@ def removal_loss(model: UnigramModel, corpus: WordCorpus, chunk_chars: int = CHU
     return round_stats(model, corpus, chunk_chars).loss
 
 
-def _e_step(lattice: Lattice, scores: np.ndarray, counts: np.ndarray, n_pieces: int) -> tuple[np.ndarray, float]:
+def _e_step(
+    lattice: Lattice, scores: np.ndarray, counts: np.ndarray, n_pieces: int
+) -> tuple[np.ndarray, float]:
     alpha, beta = lattice.forward(scores)[0], lattice.backward(scores)
     z = alpha[lattice.final_nodes()]
     posterior = np.exp(alpha[lattice.src] + scores + beta[lattice.dst] - z[lattice.string])
@@ -133,8 +137,9 @@ def _e_step(lattice: Lattice, scores: np.ndarray, counts: np.ndarray, n_pieces: 
     return expected, float(counts @ z)
 
 
-def expected_counts(model: UnigramModel, corpus: WordCorpus,
-                    chunk_chars: int = CHUNK_CHARS) -> tuple[np.ndarray, float]:
+def expected_counts(
+    model: UnigramModel, corpus: WordCorpus, chunk_chars: int = CHUNK_CHARS
+) -> tuple[np.ndarray, float]:
     """E-step: expected piece counts (forward-backward marginals) and the corpus log-likelihood."""
     table = _PieceTable(model)
     total, loglik = np.zeros(len(model.pieces)), 0.0
@@ -146,8 +151,13 @@ def expected_counts(model: UnigramModel, corpus: WordCorpus,
     return total, loglik
 
 
-def reestimate_scores(model: UnigramModel, corpus: WordCorpus, n_iter: int = 2,
-                      chunk_chars: int = CHUNK_CHARS, cache_bytes: int = CACHE_BYTES) -> UnigramModel:
+def reestimate_scores(
+    model: UnigramModel,
+    corpus: WordCorpus,
+    n_iter: int = 2,
+    chunk_chars: int = CHUNK_CHARS,
+    cache_bytes: int = CACHE_BYTES,
+) -> UnigramModel:
     """EM re-estimation of matchable pieces' scores after pruning: sentencepiece's Bayesian M-step
     digamma(c_i) - digamma(sum c), with counts floored at 0.5 (where sentencepiece would drop the
     piece) so that required pieces stay, with the lowest scores. Chunk lattices are kept for the

@@ -95,6 +95,7 @@ def split_units(normalized: str, mode: UnitMode = "space") -> list[str]:
 def rule_files() -> Iterator[dict[str, Any]]:
     """sentencepiece trainer options for the normaliser above; the rule TSVs live in a
     temporary folder while the trainer reads them (sentencepiece takes file names only)."""
+
     def tsv(pairs: tuple[tuple[str, str], ...]) -> str:
         hexes = [" ".join(f"{ord(c):X}" for c in s) for s in (a for pair in pairs for a in pair)]
         return "".join(f"{hexes[2 * i]}\t{hexes[2 * i + 1]}\n" for i in range(len(pairs)))
@@ -103,5 +104,9 @@ def rule_files() -> Iterator[dict[str, Any]]:
         norm, denorm = Path(folder) / "normalize.tsv", Path(folder) / "denormalize.tsv"
         norm.write_text(tsv(ESCAPE_RULES), encoding="utf-8")
         denorm.write_text(tsv(tuple((b, a) for a, b in ESCAPE_RULES)), encoding="utf-8")
-        yield {"normalization_rule_tsv": str(norm), "denormalization_rule_tsv": str(denorm),
-               "add_dummy_prefix": False, "remove_extra_whitespaces": False}
+        yield {
+            "normalization_rule_tsv": str(norm),
+            "denormalization_rule_tsv": str(denorm),
+            "add_dummy_prefix": False,
+            "remove_extra_whitespaces": False,
+        }

@@ -39,8 +39,12 @@ from madapt.registry import register
 class ICaRLConfig(MethodConfig):
     name: Literal["icarl"] = "icarl"
     memory_size: int = Field(10_000, ge=1, description="exemplar images kept (ZSCL --memory_size 10000)")
-    herding_pool: int = Field(30_000, ge=1, description="herding reads a task's first images only (ZSCL: 30,000)")
-    replay_batch_size: int | None = Field(None, ge=1, description="replayed images per step (ZSCL: --batch-size)")
+    herding_pool: int = Field(
+        30_000, ge=1, description="herding reads a task's first images only (ZSCL: 30,000)"
+    )
+    replay_batch_size: int | None = Field(
+        None, ge=1, description="replayed images per step (ZSCL: --batch-size)"
+    )
     image_weight: float = Field(1.0, ge=0.0)
     text_weight: float = Field(1.0, ge=0.0)
     temperature: float = Field(2.0, gt=0.0)
@@ -70,7 +74,9 @@ class ICaRL(ContinualMethod):
 
     def __init__(self, cfg: ICaRLConfig) -> None:
         self.cfg = cfg
-        self.memory: list[tuple[int, list[int]]] = []  # (task, indices into its distill_images), training order
+        self.memory: list[
+            tuple[int, list[int]]
+        ] = []  # (task, indices into its distill_images), training order
 
     def trainable_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
         return all_but_logit_scale(model)
@@ -89,7 +95,9 @@ class ICaRL(ContinualMethod):
         tokens = ctx.class_tokens(ctx.task, ensemble=False)
         self.text_feats = F.normalize(self.teacher.encode_text(tokens).float(), dim=-1)
         size = self.cfg.replay_batch_size or ctx.settings.batch_size
-        self.replay = BatchStream(self.memory_dataset(ctx), size, 0, ctx.settings.num_workers, sequential=True)
+        self.replay = BatchStream(
+            self.memory_dataset(ctx), size, 0, ctx.settings.num_workers, sequential=True
+        )
 
     def loss(self, batch, ctx) -> torch.Tensor:
         loss = ce_loss(batch, ctx)
@@ -98,7 +106,9 @@ class ICaRL(ContinualMethod):
         images = self.replay.images(ctx.step).to(ctx.device)
         scale = ctx.settings.logit_scale
         with torch.no_grad():
-            t_logits = scale * F.normalize(self.teacher.encode_image(images).float(), dim=-1) @ self.text_feats.T
+            t_logits = (
+                scale * F.normalize(self.teacher.encode_image(images).float(), dim=-1) @ self.text_feats.T
+            )
         s_logits = scale * F.normalize(ctx.model.encode_image(images).float(), dim=-1) @ self.text_feats.T
         loss = loss + self.cfg.image_weight * distillation(t_logits, s_logits, self.cfg.temperature)
         return loss + self.cfg.text_weight * distillation(t_logits.T, s_logits.T, self.cfg.temperature)

@@ -23,7 +23,7 @@ Deviation kept: both scripts also pass ``--fair``, a flag the released ``finetun
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,17 +39,24 @@ from madapt.registry import register
 
 class LwFConfig(MethodConfig):
     name: Literal["lwf"] = "lwf"
-    image_weight: float = Field(1.0, ge=0.0, description="image->text distillation weight (ZSCL --image_loss)")
+    image_weight: float = Field(
+        1.0, ge=0.0, description="image->text distillation weight (ZSCL --image_loss)"
+    )
     text_weight: float = Field(1.0, ge=0.0, description="text->image (transposed) weight (ZSCL --text_loss)")
     temperature: float = Field(2.0, gt=0.0, description="distillation temperature (ZSCL --T 2)")
-    reference_batch_size: int | None = Field(None, ge=1, description="distilled images per step "
-                                             "(ZSCL: its --batch-size, i.e. the training batch size)")
+    reference_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="distilled images per step (ZSCL: its --batch-size, i.e. the training batch size)",
+    )
 
 
 class LwFVRConfig(LwFConfig):
     name: Literal["lwf_vr"] = "lwf_vr"
     sentences: int = Field(1000, ge=1, description="random sequences (ZSCL virtual_vocab n_class=1000)")
-    sentence_length: int = Field(10, ge=1, description="token ids per sequence (ZSCL virtual_vocab length=10)")
+    sentence_length: int = Field(
+        10, ge=1, description="token ids per sequence (ZSCL virtual_vocab length=10)"
+    )
 
 
 @register("method", "lwf")
@@ -73,18 +80,25 @@ class LwF(ContinualMethod):
     def before_task(self, ctx) -> None:
         self.teacher = frozen_copy(ctx.model)  # the task-start model: theta_0 on the first task
         tokens = self.distill_tokens(ctx).to(ctx.device)
-        self.text_feats = torch.cat([F.normalize(self.teacher.encode_text(c).float(), dim=-1)
-                                     for c in tokens.split(512)])
+        self.text_feats = torch.cat(
+            [F.normalize(self.teacher.encode_text(c).float(), dim=-1) for c in tokens.split(512)]
+        )
         size = self.cfg.reference_batch_size or ctx.settings.batch_size
-        self.images = BatchStream(ctx.current.distill_images, size, ctx.settings.seed * 17 + 1000 + ctx.task,
-                                  ctx.settings.num_workers)
+        self.images = BatchStream(
+            ctx.current.distill_images,
+            size,
+            ctx.settings.seed * 17 + 1000 + ctx.task,
+            ctx.settings.num_workers,
+        )
 
     def loss(self, batch, ctx) -> torch.Tensor:
         loss = ce_loss(batch, ctx)
         images = self.images.images(ctx.step).to(ctx.device)
         scale = ctx.settings.logit_scale
         with torch.no_grad():
-            t_logits = scale * F.normalize(self.teacher.encode_image(images).float(), dim=-1) @ self.text_feats.T
+            t_logits = (
+                scale * F.normalize(self.teacher.encode_image(images).float(), dim=-1) @ self.text_feats.T
+            )
         s_logits = scale * F.normalize(ctx.model.encode_image(images).float(), dim=-1) @ self.text_feats.T
         loss = loss + self.cfg.image_weight * distillation(t_logits, s_logits, self.cfg.temperature)
         return loss + self.cfg.text_weight * distillation(t_logits.T, s_logits.T, self.cfg.temperature)
@@ -101,4 +115,6 @@ class LwFVR(LwF):
 
     def distill_tokens(self, ctx) -> torch.Tensor:
         generator = torch.Generator().manual_seed(ctx.settings.seed)
-        return random_token_texts(ctx.backbone.tokenizer, self.cfg.sentences, self.cfg.sentence_length, generator)
+        return random_token_texts(
+            ctx.backbone.tokenizer, self.cfg.sentences, self.cfg.sentence_length, generator
+        )

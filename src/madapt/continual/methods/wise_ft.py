@@ -13,14 +13,16 @@ import torch
 from pydantic import Field
 
 from madapt.continual.losses import assign, snapshot
-from madapt.continual.methods.finetune import Finetune
 from madapt.continual.method import MethodConfig
+from madapt.continual.methods.finetune import Finetune
 from madapt.registry import register
 
 
 class WiseFTConfig(MethodConfig):
     name: Literal["wise_ft"] = "wise_ft"
-    alpha: float = Field(0.8, ge=0.0, le=1.0, description="weight of the fine-tuned model (ZSCL --wise_ft_alpha 0.8)")
+    alpha: float = Field(
+        0.8, ge=0.0, le=1.0, description="weight of the fine-tuned model (ZSCL --wise_ft_alpha 0.8)"
+    )
 
 
 @register("method", "wise_ft")

@@ -38,10 +38,14 @@ class ZSCLConfig(MethodConfig):
     image_weight: float = Field(1.0, ge=0.0, description="image-side distillation weight (--image_loss)")
     text_weight: float = Field(1.0, ge=0.0, description="text-side distillation weight (--text_loss)")
     temperature: float = Field(2.0, gt=0.0, description="--T")
-    l2: float = Field(1.0, ge=0.0, description="weight of the summed squared distance to task-start weights (--l2)")
+    l2: float = Field(
+        1.0, ge=0.0, description="weight of the summed squared distance to task-start weights (--l2)"
+    )
     average_every: int = Field(100, ge=1, description="weight-ensemble period in steps (--avg_freq)")
     weight_ensemble: bool = Field(True, description="--we")
-    reference_batch_size: int = Field(64, ge=1, description="reference images per step (ZSCL: --batch-size 64)")
+    reference_batch_size: int = Field(
+        64, ge=1, description="reference images per step (ZSCL: --batch-size 64)"
+    )
 
 
 @register("method", "zscl")
@@ -63,10 +67,15 @@ class ZSCL(ContinualMethod):
         self.teacher = frozen_copy(ctx.model)
         self.teacher.load_state_dict(ctx.pretrained)
         tokens = ctx.backbone.tokenize(ctx.reference.captions).to(ctx.device)
-        self.caption_feats = torch.cat([F.normalize(self.teacher.encode_text(chunk).float(), dim=-1)
-                                        for chunk in tokens.split(512)])
-        self.references = BatchStream(ctx.reference.images, self.cfg.reference_batch_size,
-                                      ctx.settings.seed * 17 + ctx.task, ctx.settings.num_workers)
+        self.caption_feats = torch.cat(
+            [F.normalize(self.teacher.encode_text(chunk).float(), dim=-1) for chunk in tokens.split(512)]
+        )
+        self.references = BatchStream(
+            ctx.reference.images,
+            self.cfg.reference_batch_size,
+            ctx.settings.seed * 17 + ctx.task,
+            ctx.settings.num_workers,
+        )
         self.start = snapshot(ctx.model)
         # without the ensemble no second model copy is kept (a ViT-B/16 copy is 600 MB per checkpoint)
         self.average = {k: v.clone() for k, v in self.start.items()} if self.cfg.weight_ensemble else {}
@@ -84,14 +93,17 @@ class ZSCL(ContinualMethod):
         images = self.references.images(ctx.step).to(ctx.device)
         scale = ctx.settings.logit_scale
         with torch.no_grad():
-            t_logits = scale * F.normalize(self.teacher.encode_image(images).float(), dim=-1) @ self.caption_feats.T
+            t_logits = (
+                scale * F.normalize(self.teacher.encode_image(images).float(), dim=-1) @ self.caption_feats.T
+            )
         s_logits = scale * F.normalize(ctx.model.encode_image(images).float(), dim=-1) @ self.caption_feats.T
         loss = loss + self.cfg.image_weight * distillation(t_logits, s_logits, self.cfg.temperature)
         loss = loss + self.cfg.text_weight * distillation(t_logits.T, s_logits.T, self.cfg.temperature)
         if self.cfg.l2 > 0:
             params = dict(ctx.model.named_parameters())
-            loss = loss + self.cfg.l2 * sum(((params[n] - w) ** 2).sum() for n, w in self.start.items()
-                                            if params[n].requires_grad)
+            loss = loss + self.cfg.l2 * sum(
+                ((params[n] - w) ** 2).sum() for n, w in self.start.items() if params[n].requires_grad
+            )
         return loss
 
     def after_step(self, ctx) -> None:

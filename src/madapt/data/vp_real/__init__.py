@@ -61,18 +61,43 @@ from madapt.data.vp_real.fgvc import FGVC, fgvc_plan
 from madapt.data.vp_real.torchvision_sets import GTSRB_CLASSES, MTIL, TORCHVISION, mtil_plan, torchvision_plan
 from madapt.errors import DataError
 
-__all__ = ["FGVC", "GTSRB_CLASSES", "VAL_HOLDOUT", "VP_DATASETS", "ImageFiles", "check_layout", "expected_layout", "load_real"]
+__all__ = [
+    "FGVC",
+    "GTSRB_CLASSES",
+    "VAL_HOLDOUT",
+    "VP_DATASETS",
+    "ImageFiles",
+    "check_layout",
+    "expected_layout",
+    "load_real",
+]
 
 ROOT_EXPECTED = "a folder holding the VP datasets in their standard layouts (madapt.data.vp_real)"
 # Table 6.2's validation count, held out of the training set when the layout has no val split
 VAL_HOLDOUT: dict[str, int] = {
-    "cifar10": 10_000, "cifar100": 10_000, "svhn": 14_652, "gtsrb": 5_328, "food101": 15_150,
-    "cub200": 600, "nabirds": 2_393, "stanford_dogs": 1_200, "stanford_cars": 815,
+    "cifar10": 10_000,
+    "cifar100": 10_000,
+    "svhn": 14_652,
+    "gtsrb": 5_328,
+    "food101": 15_150,
+    "cub200": 600,
+    "nabirds": 2_393,
+    "stanford_dogs": 1_200,
+    "stanford_cars": 815,
 }
 HOLDOUT_SEED = 0
 VP_DATASETS: tuple[str, ...] = (
-    "cifar10", "cifar100", "svhn", "gtsrb", "dtd", "flowers102", "food101", "cub200", "nabirds",
-    "stanford_dogs", "stanford_cars",
+    "cifar10",
+    "cifar100",
+    "svhn",
+    "gtsrb",
+    "dtd",
+    "flowers102",
+    "food101",
+    "cub200",
+    "nabirds",
+    "stanford_dogs",
+    "stanford_cars",
 )
 
 
@@ -106,8 +131,11 @@ def load_real(data_root: str | Path, name: str, transform: Transform, holdout_va
     elif plan is None or (root / name / "train").is_dir():
         data = load_folder(root, name, transform)
     else:
-        raise DataError(f"dataset '{name}'", f"{plan.missing} is missing",
-                        f"{plan.layout}; or the folder tree {_folder_tree(name)}")
+        raise DataError(
+            f"dataset '{name}'",
+            f"{plan.missing} is missing",
+            f"{plan.layout}; or the folder tree {_folder_tree(name)}",
+        )
     if not holdout_val:
         return TargetData(data.name, data.classnames, data.train, data.test)
     if data.val is None and name in VAL_HOLDOUT:

@@ -27,8 +27,9 @@ class ImageFiles(Dataset):
     JPEGs), as VPT's ``JSONDataset`` does.
     """
 
-    def __init__(self, name: str, paths: list[str], targets: list[int], classnames: list[str],
-                 transform: Transform) -> None:
+    def __init__(
+        self, name: str, paths: list[str], targets: list[int], classnames: list[str], transform: Transform
+    ) -> None:
         self.name, self.paths, self.targets = name, paths, targets
         self.classnames, self.transform = classnames, transform
 
@@ -43,10 +44,10 @@ class ImageFiles(Dataset):
 class Plan:
     """How ``name`` would be read from data_root: a loader when its layout is complete."""
 
-    layout: str                                    # the expected layout, one line
+    layout: str  # the expected layout, one line
     load: Callable[[Transform], TargetData] | None = None
-    missing: Path | None = None                    # first missing path of the layout
-    found: str = ""                                # what was found (for `check_layout`)
+    missing: Path | None = None  # first missing path of the layout
+    found: str = ""  # what was found (for `check_layout`)
 
 
 def first_missing(folder: Path, relative: Iterable[str]) -> Path | None:
@@ -60,8 +61,9 @@ def first_missing(folder: Path, relative: Iterable[str]) -> Path | None:
 
 def unreadable(name: str, where: Path, err: BaseException, layout: str) -> DataError:
     first = (str(err).strip().splitlines() or [""])[0][:160]
-    return DataError(f"dataset '{name}' at {where}", f"cannot be read ({type(err).__name__}: {first})",
-                     layout)
+    return DataError(
+        f"dataset '{name}' at {where}", f"cannot be read ({type(err).__name__}: {first})", layout
+    )
 
 
 def loadmat(path: Path) -> dict[str, Any]:
@@ -72,8 +74,11 @@ def to_int(name: str, file: Path, value: str, layout: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise DataError(f"dataset '{name}' file {file}", f"has '{value}' where a class id belongs",
-                        f"integer class ids; layout {layout}") from None
+        raise DataError(
+            f"dataset '{name}' file {file}",
+            f"has '{value}' where a class id belongs",
+            f"integer class ids; layout {layout}",
+        ) from None
 
 
 def id_lines(name: str, file: Path, layout: str) -> list[tuple[str, str]]:
@@ -84,8 +89,11 @@ def id_lines(name: str, file: Path, layout: str) -> list[tuple[str, str]]:
             continue
         parts = line.strip().split(maxsplit=1)
         if len(parts) != 2:
-            raise DataError(f"dataset '{name}' file {file}", f"line {number} is '{line.strip()[:60]}'",
-                            f"'<id> <value>' lines; layout {layout}")
+            raise DataError(
+                f"dataset '{name}' file {file}",
+                f"line {number} is '{line.strip()[:60]}'",
+                f"'<id> <value>' lines; layout {layout}",
+            )
         rows.append((parts[0], parts[1].strip()))
     return rows
 
@@ -96,24 +104,39 @@ def json_split(name: str, file: Path, layout: str) -> list[tuple[str, int]]:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise unreadable(name, file, err, layout) from None
     if not isinstance(data, dict) or not data:
-        raise DataError(f"dataset '{name}' file {file}", "is not a non-empty JSON object",
-                        f"VPT's {{image path: class id}} split; layout {layout}")
+        raise DataError(
+            f"dataset '{name}' file {file}",
+            "is not a non-empty JSON object",
+            f"VPT's {{image path: class id}} split; layout {layout}",
+        )
     rows = []
     for rel, cid in data.items():
         if isinstance(cid, bool) or not isinstance(cid, int):
-            raise DataError(f"dataset '{name}' file {file}", f"maps '{rel}' to {cid!r}",
-                            f"an integer class id per image path (VPT's json splits); layout {layout}")
+            raise DataError(
+                f"dataset '{name}' file {file}",
+                f"maps '{rel}' to {cid!r}",
+                f"an integer class id per image path (VPT's json splits); layout {layout}",
+            )
         rows.append((str(rel), cid))
     return rows
 
 
-def check_disjoint(name: str, train_file: Path, test_file: Path, train: list[tuple[str, int]],
-                    test: list[tuple[str, int]], layout: str) -> None:
+def check_disjoint(
+    name: str,
+    train_file: Path,
+    test_file: Path,
+    train: list[tuple[str, int]],
+    test: list[tuple[str, int]],
+    layout: str,
+) -> None:
     """The formats split disjointly; a shared image means a wrong or hand-edited split file."""
     shared = {rel for rel, _ in train} & {rel for rel, _ in test}
     if shared:
-        raise DataError(f"dataset '{name}' files {train_file} and {test_file}",
-                        f"share {len(shared)} images (e.g. {min(shared)})", f"disjoint splits; layout {layout}")
+        raise DataError(
+            f"dataset '{name}' files {train_file} and {test_file}",
+            f"share {len(shared)} images (e.g. {min(shared)})",
+            f"disjoint splits; layout {layout}",
+        )
 
 
 def readable(raw: str) -> str:
@@ -122,8 +145,12 @@ def readable(raw: str) -> str:
     return re.sub(r"^(\d+\.|n\d{8}-)", "", raw).replace("_", " ").strip()
 
 
-def names_from_folders(name: str, folder: Path, ids: list[int], pairs: list[tuple[str, int]],
-                        ) -> list[str] | None:
+def names_from_folders(
+    name: str,
+    folder: Path,
+    ids: list[int],
+    pairs: list[tuple[str, int]],
+) -> list[str] | None:
     """Names from the folder each class's images sit in, when that folder is one per class.
 
     NABirds folders are class ids (``0295``): their names come from classes.txt when it is there.
@@ -144,8 +171,15 @@ def names_from_folders(name: str, folder: Path, ids: list[int], pairs: list[tupl
     return [readable(r) for r in raw]
 
 
-def image_files(name: str, image_dir: Path, rows: list[tuple[str, int]], names: list[str],
-                 tf: Transform, listed_in: Path, layout: str) -> ImageFiles:
+def image_files(
+    name: str,
+    image_dir: Path,
+    rows: list[tuple[str, int]],
+    names: list[str],
+    tf: Transform,
+    listed_in: Path,
+    layout: str,
+) -> ImageFiles:
     """The split as `ImageFiles`, after checking every listed image exists (a missing one is a
     one-line error now rather than a crash inside a DataLoader worker hours later)."""
     if not rows:
@@ -153,5 +187,7 @@ def image_files(name: str, image_dir: Path, rows: list[tuple[str, int]], names: 
     paths = [image_dir / rel for rel, _ in rows]
     for path in paths:
         if not path.is_file():
-            raise DataError(f"dataset '{name}' image {path}", f"is missing (listed in {listed_in.name})", layout)
+            raise DataError(
+                f"dataset '{name}' image {path}", f"is missing (listed in {listed_in.name})", layout
+            )
     return ImageFiles(name, [str(p) for p in paths], [y for _, y in rows], names, tf)

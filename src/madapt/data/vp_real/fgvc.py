@@ -34,10 +34,10 @@ from madapt.errors import DataError
 
 @dataclass(frozen=True)
 class Fgvc:
-    archive: str | None          # folder the official archive extracts to, also looked up
-    image_dir: str               # VPT ``get_imagedir()``, relative to the dataset folder
-    layout: str                  # the official layout, one line, relative to the dataset folder
-    official: tuple[str, ...]    # files of the official layout (first = marker), or () for torchvision
+    archive: str | None  # folder the official archive extracts to, also looked up
+    image_dir: str  # VPT ``get_imagedir()``, relative to the dataset folder
+    layout: str  # the official layout, one line, relative to the dataset folder
+    official: tuple[str, ...]  # files of the official layout (first = marker), or () for torchvision
     fixed_names: Callable[[Path, int], list[str] | None] | None = None  # json mode, shared image folder
 
 
@@ -57,17 +57,29 @@ def _cars_names(folder: Path, n: int) -> list[str] | None:
 
 _CUB_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt", "images")
 FGVC: dict[str, Fgvc] = {
-    "cub200": Fgvc("CUB_200_2011", "images",
-                    "{images/<class>/<image>.jpg, images.txt, image_class_labels.txt, train_test_split.txt, "
-                    "classes.txt} (CUB_200_2011.tgz's CUB_200_2011 folder; also looked up as "
-                    "<data_root>/CUB_200_2011 and <data_root>/cub200/CUB_200_2011)", _CUB_FILES),
-    "nabirds": Fgvc("nabirds", "images",
-                     "{images/<class id>/<image>.jpg, images.txt, image_class_labels.txt, "
-                     "train_test_split.txt, classes.txt} (nabirds.tar.gz extracted; also looked up as "
-                     "<data_root>/nabirds/nabirds)", _CUB_FILES),
-    "stanford_dogs": Fgvc(None, "Images",
-                           "{Images/<wnid>-<breed>/<image>.jpg, train_list.mat, test_list.mat} (images.tar and "
-                           "lists.tar extracted)", ("train_list.mat", "test_list.mat", "Images")),
+    "cub200": Fgvc(
+        "CUB_200_2011",
+        "images",
+        "{images/<class>/<image>.jpg, images.txt, image_class_labels.txt, train_test_split.txt, "
+        "classes.txt} (CUB_200_2011.tgz's CUB_200_2011 folder; also looked up as "
+        "<data_root>/CUB_200_2011 and <data_root>/cub200/CUB_200_2011)",
+        _CUB_FILES,
+    ),
+    "nabirds": Fgvc(
+        "nabirds",
+        "images",
+        "{images/<class id>/<image>.jpg, images.txt, image_class_labels.txt, "
+        "train_test_split.txt, classes.txt} (nabirds.tar.gz extracted; also looked up as "
+        "<data_root>/nabirds/nabirds)",
+        _CUB_FILES,
+    ),
+    "stanford_dogs": Fgvc(
+        None,
+        "Images",
+        "{Images/<wnid>-<breed>/<image>.jpg, train_list.mat, test_list.mat} (images.tar and "
+        "lists.tar extracted)",
+        ("train_list.mat", "test_list.mat", "Images"),
+    ),
     "flowers102": Fgvc(None, ".", "", (), _flowers_names),
     "stanford_cars": Fgvc(None, ".", "", (), _cars_names),
 }
@@ -75,10 +87,14 @@ FGVC: dict[str, Fgvc] = {
 
 def _fgvc_layout(name: str, spec: Fgvc) -> str:
     if not spec.official:  # the torchvision layout of MTIL, or VPT's json splits beside the images
-        return (f"<data_root>/{mtil.SPECS[MTIL[name]].layout}, or <data_root>/{name}/ holding VPT's split "
-                "files {train,val,test}.json ({image path relative to that folder: class id})")
-    return (f"<data_root>/{name}/{spec.layout}, optionally with VPT's split files {{train,val,test}}.json "
-            f"({{image path under {spec.image_dir}/: class id}})")
+        return (
+            f"<data_root>/{mtil.SPECS[MTIL[name]].layout}, or <data_root>/{name}/ holding VPT's split "
+            "files {train,val,test}.json ({image path relative to that folder: class id})"
+        )
+    return (
+        f"<data_root>/{name}/{spec.layout}, optionally with VPT's split files {{train,val,test}}.json "
+        f"({{image path under {spec.image_dir}/: class id}})"
+    )
 
 
 def _candidates(root: Path, name: str, spec: Fgvc) -> list[Path]:
@@ -102,8 +118,11 @@ def fgvc_plan(root: Path, name: str) -> Plan:
             missing = first_missing(folder, ("test.json", spec.image_dir))
             if missing is not None:
                 return Plan(layout, missing=missing)
-            return Plan(layout, load=lambda tf, f=folder: _read_vpt_json(name, f, spec, tf, layout),
-                         found=f"VPT json splits in {folder}")
+            return Plan(
+                layout,
+                load=lambda tf, f=folder: _read_vpt_json(name, f, spec, tf, layout),
+                found=f"VPT json splits in {folder}",
+            )
     if not spec.official:  # no json splits: torchvision's layout through MTIL, both named on error
         plan = mtil_plan(root, name)
         plan.layout = layout
@@ -114,8 +133,11 @@ def fgvc_plan(root: Path, name: str) -> Plan:
             if missing is not None:
                 return Plan(layout, missing=missing)
             reader = _read_dogs if name == "stanford_dogs" else _read_cub_style
-            return Plan(layout, load=lambda tf, f=folder, read=reader: read(name, f, tf, layout),
-                         found=f"official layout in {folder}")
+            return Plan(
+                layout,
+                load=lambda tf, f=folder, read=reader: read(name, f, tf, layout),
+                found=f"official layout in {folder}",
+            )
     return Plan(layout, missing=first_missing(root / name, spec.official))
 
 
@@ -126,8 +148,9 @@ def _read_vpt_json(name: str, folder: Path, spec: Fgvc, tf: Transform, layout: s
     splits = (*SPLITS, "val") if (folder / "val.json").is_file() else SPLITS
     entries = {split: json_split(name, folder / f"{split}.json", layout) for split in splits}
     for other in splits[1:]:
-        check_disjoint(name, folder / "train.json", folder / f"{other}.json", entries["train"], entries[other],
-                       layout)
+        check_disjoint(
+            name, folder / "train.json", folder / f"{other}.json", entries["train"], entries[other], layout
+        )
     ids = sorted({cid for split in splits for _, cid in entries[split]})
     contiguous = {cid: i for i, cid in enumerate(ids)}
     image_dir = folder / spec.image_dir
@@ -136,9 +159,18 @@ def _read_vpt_json(name: str, folder: Path, spec: Fgvc, tf: Transform, layout: s
         names = spec.fixed_names(folder, len(ids))
     if names is None:
         names = [f"class {cid}" for cid in ids]  # VPT's files carry ids only
-    parts = {split: image_files(name, image_dir, [(rel, contiguous[cid]) for rel, cid in entries[split]],
-                                 names, tf, folder / f"{split}.json", layout)
-             for split in splits}
+    parts = {
+        split: image_files(
+            name,
+            image_dir,
+            [(rel, contiguous[cid]) for rel, cid in entries[split]],
+            names,
+            tf,
+            folder / f"{split}.json",
+            layout,
+        )
+        for split in splits
+    }
     return TargetData(name, names, parts["train"], parts["test"], parts.get("val"))
 
 
@@ -150,29 +182,49 @@ def _read_cub_style(name: str, folder: Path, tf: Transform, layout: str) -> Targ
     images = id_lines(name, folder / "images.txt", layout)
     labels = dict(id_lines(name, folder / "image_class_labels.txt", layout))
     is_train = dict(id_lines(name, folder / "train_test_split.txt", layout))
-    classes = {to_int(name, folder / "classes.txt", k, layout): v
-               for k, v in id_lines(name, folder / "classes.txt", layout)}
+    classes = {
+        to_int(name, folder / "classes.txt", k, layout): v
+        for k, v in id_lines(name, folder / "classes.txt", layout)
+    }
     rows: list[tuple[str, int, str]] = []
     for image_id, rel in images:
         for table, file in ((labels, "image_class_labels.txt"), (is_train, "train_test_split.txt")):
             if image_id not in table:
-                raise DataError(f"dataset '{name}' file {folder / file}", f"has no line for image id {image_id}",
-                                f"one line per image of images.txt; layout {layout}")
+                raise DataError(
+                    f"dataset '{name}' file {folder / file}",
+                    f"has no line for image id {image_id}",
+                    f"one line per image of images.txt; layout {layout}",
+                )
         if is_train[image_id] not in ("0", "1"):
-            raise DataError(f"dataset '{name}' file {folder / 'train_test_split.txt'}",
-                            f"has '{is_train[image_id]}' for image id {image_id}", "1 (train) or 0 (test)")
+            raise DataError(
+                f"dataset '{name}' file {folder / 'train_test_split.txt'}",
+                f"has '{is_train[image_id]}' for image id {image_id}",
+                "1 (train) or 0 (test)",
+            )
         split = "train" if is_train[image_id] == "1" else "test"
         rows.append((rel, to_int(name, folder / "image_class_labels.txt", labels[image_id], layout), split))
     ids = sorted({cid for _, cid, _ in rows})
     unnamed = [cid for cid in ids if cid not in classes]
     if unnamed:
-        raise DataError(f"dataset '{name}' file {folder / 'classes.txt'}", f"has no name for class id {unnamed[0]}",
-                        f"a '<class id> <name>' line for every class of image_class_labels.txt; layout {layout}")
+        raise DataError(
+            f"dataset '{name}' file {folder / 'classes.txt'}",
+            f"has no name for class id {unnamed[0]}",
+            f"a '<class id> <name>' line for every class of image_class_labels.txt; layout {layout}",
+        )
     names = [readable(classes[cid]) for cid in ids]
     contiguous = {cid: i for i, cid in enumerate(ids)}
-    parts = {split: image_files(name, folder / "images", [(r, contiguous[c]) for r, c, s in rows if s == split],
-                                 names, tf, folder / "images.txt", layout)
-             for split in SPLITS}
+    parts = {
+        split: image_files(
+            name,
+            folder / "images",
+            [(r, contiguous[c]) for r, c, s in rows if s == split],
+            names,
+            tf,
+            folder / "images.txt",
+            layout,
+        )
+        for split in SPLITS
+    }
     return TargetData(name, names, parts["train"], parts["test"])
 
 
@@ -189,18 +241,34 @@ def _read_dogs(name: str, folder: Path, tf: Transform, layout: str) -> TargetDat
         except (MatReadError, OSError, ValueError, KeyError, IndexError, TypeError) as err:
             raise unreadable(name, mat_path, err, layout) from None
         if len(files) != len(labels):
-            raise DataError(f"dataset '{name}' file {mat_path}", f"has {len(files)} files but {len(labels)} labels",
-                            f"one label per file; layout {layout}")
+            raise DataError(
+                f"dataset '{name}' file {mat_path}",
+                f"has {len(files)} files but {len(labels)} labels",
+                f"one label per file; layout {layout}",
+            )
         entries[split] = list(zip(files, labels))
-    check_disjoint(name, folder / "train_list.mat", folder / "test_list.mat", entries["train"], entries["test"],
-                    layout)
+    check_disjoint(
+        name, folder / "train_list.mat", folder / "test_list.mat", entries["train"], entries["test"], layout
+    )
     ids = sorted({y for split in SPLITS for _, y in entries[split]})
     names = names_from_folders(name, folder, ids, [e for s in SPLITS for e in entries[s]])
     if names is None:
-        raise DataError(f"dataset '{name}' at {folder}", "a label's images are spread over several breed folders",
-                        f"one Images/<wnid>-<breed>/ folder per label; layout {layout}")
+        raise DataError(
+            f"dataset '{name}' at {folder}",
+            "a label's images are spread over several breed folders",
+            f"one Images/<wnid>-<breed>/ folder per label; layout {layout}",
+        )
     contiguous = {cid: i for i, cid in enumerate(ids)}
-    parts = {split: image_files(name, folder / "Images", [(rel, contiguous[y]) for rel, y in entries[split]],
-                                 names, tf, folder / f"{split}_list.mat", layout)
-             for split in SPLITS}
+    parts = {
+        split: image_files(
+            name,
+            folder / "Images",
+            [(rel, contiguous[y]) for rel, y in entries[split]],
+            names,
+            tf,
+            folder / f"{split}_list.mat",
+            layout,
+        )
+        for split in SPLITS
+    }
     return TargetData(name, names, parts["train"], parts["test"])

@@ -20,28 +20,66 @@ from madapt.errors import DataError
 # The 43 sign classes of the GTSRB benchmark in class-id order (the dataset's sign-name list; its
 # files hold only the ids 00000..00042).
 GTSRB_CLASSES: tuple[str, ...] = (
-    "Speed limit (20km/h)", "Speed limit (30km/h)", "Speed limit (50km/h)", "Speed limit (60km/h)",
-    "Speed limit (70km/h)", "Speed limit (80km/h)", "End of speed limit (80km/h)",
-    "Speed limit (100km/h)", "Speed limit (120km/h)", "No passing",
-    "No passing for vehicles over 3.5 metric tons", "Right-of-way at the next intersection",
-    "Priority road", "Yield", "Stop", "No vehicles", "Vehicles over 3.5 metric tons prohibited",
-    "No entry", "General caution", "Dangerous curve to the left", "Dangerous curve to the right",
-    "Double curve", "Bumpy road", "Slippery road", "Road narrows on the right", "Road work",
-    "Traffic signals", "Pedestrians", "Children crossing", "Bicycles crossing", "Beware of ice/snow",
-    "Wild animals crossing", "End of all speed and passing limits", "Turn right ahead",
-    "Turn left ahead", "Ahead only", "Go straight or right", "Go straight or left", "Keep right",
-    "Keep left", "Roundabout mandatory", "End of no passing",
+    "Speed limit (20km/h)",
+    "Speed limit (30km/h)",
+    "Speed limit (50km/h)",
+    "Speed limit (60km/h)",
+    "Speed limit (70km/h)",
+    "Speed limit (80km/h)",
+    "End of speed limit (80km/h)",
+    "Speed limit (100km/h)",
+    "Speed limit (120km/h)",
+    "No passing",
+    "No passing for vehicles over 3.5 metric tons",
+    "Right-of-way at the next intersection",
+    "Priority road",
+    "Yield",
+    "Stop",
+    "No vehicles",
+    "Vehicles over 3.5 metric tons prohibited",
+    "No entry",
+    "General caution",
+    "Dangerous curve to the left",
+    "Dangerous curve to the right",
+    "Double curve",
+    "Bumpy road",
+    "Slippery road",
+    "Road narrows on the right",
+    "Road work",
+    "Traffic signals",
+    "Pedestrians",
+    "Children crossing",
+    "Bicycles crossing",
+    "Beware of ice/snow",
+    "Wild animals crossing",
+    "End of all speed and passing limits",
+    "Turn right ahead",
+    "Turn left ahead",
+    "Ahead only",
+    "Go straight or right",
+    "Go straight or left",
+    "Keep right",
+    "Keep left",
+    "Roundabout mandatory",
+    "End of no passing",
     "End of no passing by vehicles over 3.5 metric tons",
 )
 SVHN_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))  # torchvision maps label 10 to 0
 
-_CIFAR10_FILES = tuple(f"cifar-10-batches-py/{f}" for f in (*(f"data_batch_{i}" for i in range(1, 6)),
-                                                                "test_batch", "batches.meta"))
+_CIFAR10_FILES = tuple(
+    f"cifar-10-batches-py/{f}"
+    for f in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
+)
 
 
-def torchvision_plan(root: Path, name: str, folder: str, required: Sequence[str], layout: str,
-                      opener: Callable[[Path, str, Transform], tuple[Dataset, list[int], list[str]]],
-                      ) -> Plan:
+def torchvision_plan(
+    root: Path,
+    name: str,
+    folder: str,
+    required: Sequence[str],
+    layout: str,
+    opener: Callable[[Path, str, Transform], tuple[Dataset, list[int], list[str]]],
+) -> Plan:
     missing = first_missing(root, (folder, *required))
     if missing is not None:
         return Plan(layout, missing=missing)
@@ -80,8 +118,10 @@ def _open_gtsrb(root: Path, split: str, tf: Transform) -> tuple[Dataset, list[in
         # torchvision numbers the class folders in sorted order: a missing folder would shift every
         # later label and pair images with the wrong sign names
         odd = sorted(set(folders) ^ set(expected))
-        raise ValueError(f"{training} has {len(folders)} class folders (first difference: {odd[0]}), "
-                         "not exactly 00000..00042")
+        raise ValueError(
+            f"{training} has {len(folders)} class folders (first difference: {odd[0]}), "
+            "not exactly 00000..00042"
+        )
     ds = tvd.GTSRB(root, split=split, transform=tf, download=False)
     labels = labels_of(ds)
     if labels and max(labels) >= len(GTSRB_CLASSES):
@@ -90,21 +130,42 @@ def _open_gtsrb(root: Path, split: str, tf: Transform) -> tuple[Dataset, list[in
 
 
 TORCHVISION: dict[str, tuple[str, tuple[str, ...], str, Any]] = {
-    "cifar10": ("cifar-10-batches-py", _CIFAR10_FILES,
-                ("<data_root>/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} (the python "
-                 "batches of cifar-10-python.tar.gz, md5-checked by torchvision)"), _open_cifar10),
-    "svhn": ("svhn", ("svhn/train_32x32.mat", "svhn/test_32x32.mat"),
-             ("<data_root>/svhn/{train_32x32.mat, test_32x32.mat} (SVHN format 2, as torchvision SVHN "
-              "reads them, md5-checked)"), _open_svhn),
-    "gtsrb": ("gtsrb", ("gtsrb/GTSRB/Training", "gtsrb/GTSRB/Final_Test/Images", "gtsrb/GT-final_test.csv"),
-              ("<data_root>/gtsrb/{GTSRB/Training/<00000..00042>/*.ppm, GTSRB/Final_Test/Images/*.ppm, "
-               "GT-final_test.csv} (GTSRB-Training_fixed.zip, GTSRB_Final_Test_Images.zip and "
-               "GTSRB_Final_Test_GT.zip extracted into gtsrb/, as torchvision GTSRB reads them)"), _open_gtsrb),
+    "cifar10": (
+        "cifar-10-batches-py",
+        _CIFAR10_FILES,
+        (
+            "<data_root>/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} (the python "
+            "batches of cifar-10-python.tar.gz, md5-checked by torchvision)"
+        ),
+        _open_cifar10,
+    ),
+    "svhn": (
+        "svhn",
+        ("svhn/train_32x32.mat", "svhn/test_32x32.mat"),
+        (
+            "<data_root>/svhn/{train_32x32.mat, test_32x32.mat} (SVHN format 2, as torchvision SVHN "
+            "reads them, md5-checked)"
+        ),
+        _open_svhn,
+    ),
+    "gtsrb": (
+        "gtsrb",
+        ("gtsrb/GTSRB/Training", "gtsrb/GTSRB/Final_Test/Images", "gtsrb/GT-final_test.csv"),
+        (
+            "<data_root>/gtsrb/{GTSRB/Training/<00000..00042>/*.ppm, GTSRB/Final_Test/Images/*.ppm, "
+            "GT-final_test.csv} (GTSRB-Training_fixed.zip, GTSRB_Final_Test_Images.zip and "
+            "GTSRB_Final_Test_GT.zip extracted into gtsrb/, as torchvision GTSRB reads them)"
+        ),
+        _open_gtsrb,
+    ),
 }
 
 # preset name -> the MTIL spec whose torchvision reader and class names are reused as they are
 MTIL: dict[str, str] = {
-    "cifar100": "mtil/cifar100", "dtd": "mtil/dtd", "flowers102": "mtil/flowers", "food101": "mtil/food",
+    "cifar100": "mtil/cifar100",
+    "dtd": "mtil/dtd",
+    "flowers102": "mtil/flowers",
+    "food101": "mtil/food",
     "stanford_cars": "mtil/stanford_cars",
 }
 
