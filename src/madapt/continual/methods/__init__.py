@@ -4,4 +4,13 @@ Each class has a ``Config`` (pydantic, fields documented with their seed section
 the `madapt.continual.engine.ContinualMethod` protocol.
 """
 
-from madapt.continual.methods import awof, finetune, icarl, lwf, wise_ft, zeroshot, zscl  # noqa: F401  (registration)
+from madapt.continual.methods import (  # noqa: F401  (registration)
+    awof,
+    condu,
+    finetune,
+    icarl,
+    lwf,
+    wise_ft,
+    zeroshot,
+    zscl,
+)

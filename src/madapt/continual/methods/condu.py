@@ -1,0 +1,219 @@
+"""ConDU: continual decoupling-unifying, model fusion for continual learning of CLIP (seed 002).
+
+Per task (seed 002 §4.1, Figure 1), as ConDU's code runs it (``src/main.py``, ``finetune.py``):
+
+1. *Tuning individually*: the task is fine-tuned from the pretrained θ⁰ with ZSCL's loss and
+   schedule (the `individual` baseline's training); δᵗ = θᵗ − θ⁰ over the trained tensors: every
+   weight but the temperature (ConDU (FT)), or only the LoRA tensors of `madapt.peft.lora` on the
+   MLPs of both towers (ConDU (LoRA), ``lora: {rank: 64}``; θ⁰ then holds the initial LoRA).
+2. *Decoupling and unifying*: the stored tasks are decoupled from the unified delta by their
+   triggers and unified again with δᵗ (`madapt.continual.fusion.remerge`); the method keeps only
+   the unified delta, one bit-packed mask and one rescaler per task.
+3. *Prototypes* (§4.2): per class, normalise((mean of the pretrained model's normalised training
+   image features + the class's template-averaged normalised text feature) / 2).
+
+Prediction (§4.2, ``src/models/evaluation.py``). A seen task with its id uses its own decoupled
+expert θ⁰ + rescalerᵢ · maskᵢ ⊙ unified (the freshly trained model is not used: the code
+evaluates the decoupled one). An unseen task, or any task without its id, is predicted by
+aggregation: each test image's pretrained feature is compared with every task's prototypes, the
+task's score is its best cosine similarity, and the logits of the ``top_k`` best-scoring experts,
+each with its own text tower over the evaluated label space, are averaged. Deviations from the
+seed's text, kept because the seed's numbers come from the code: the code's aggregation also
+averages in the pretrained model's logits (``include_pretrained``) and its default is 4 experts
+(``--logits_num 4``, so 5 models, the K = 5 that appendix F finds best); its rescaler is the
+per-tensor-mean variant (``rescale: tensor_mean``, see `fusion`). Averaging instead of summing
+does not change an argmax.
+
+Memory: evaluation keeps the pretrained model and every decoupled expert resident (t + 1 model
+copies, built once per task, never per batch); each batch runs an expert only on the images that
+selected it. Storage: the method state (and so each checkpoint) holds the unified delta, packed
+masks, rescalers and prototypes, never the experts; `summary` reports it as appendix H does.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from madapt.continual import fusion
+from madapt.continual.losses import all_but_logit_scale
+from madapt.continual.method import ContinualMethod, MethodConfig
+from madapt.continual.methods.finetune import ce_loss
+from madapt.continual.stream import eval_batches
+from madapt.peft.lora import LoraConfig, inject_lora, lora_parameters
+from madapt.registry import register
+
+MB = 1024 * 1024
+
+
+class ConDUConfig(MethodConfig):
+    name: Literal["condu"] = "condu"
+    top_k: int = Field(
+        4, ge=1, description="experts aggregated per image for unseen / id-less tasks (code: --logits_num 4)"
+    )
+    include_pretrained: bool = Field(
+        True, description="aggregation also averages the pretrained model's logits (ConDU's code)"
+    )
+    rescale: fusion.Rescale = Field(
+        "tensor_mean",
+        description="rescaler: tensor_mean (the code), global (§4.1's formula), none (Table 5 ablation)",
+    )
+    lora: LoraConfig | None = Field(
+        None, description="ConDU (LoRA): train only LoRA on the MLPs of both towers (rank 64); None: full FT"
+    )
+
+
+@register("method", "condu")
+class ConDU(ContinualMethod):
+    Config = ConDUConfig
+
+    def __init__(self, cfg: ConDUConfig) -> None:
+        self.cfg = cfg
+        self.unified: dict[str, torch.Tensor] = {}
+        self.masks: list[dict[str, torch.Tensor]] = []  # packed, one dict per task
+        self.rescalers = torch.zeros(0, dtype=torch.float64)
+        self.prototypes: list[torch.Tensor] = []  # (n_classes, d) per task, pretrained feature space
+        self.merge_seconds: list[float] = []
+        self._pretrained: torch.nn.Module | None = None
+        self._experts: dict[int, torch.nn.Module] = {}
+
+    # -- training ---------------------------------------------------------------------------
+
+    def setup(self, ctx) -> None:
+        if self.cfg.lora is not None:  # before θ⁰ is snapshotted: θ⁰ holds the initial LoRA
+            inject_lora(ctx.model, self.cfg.lora, seed=ctx.settings.seed)
+
+    def trainable_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+        if self.cfg.lora is None:
+            return all_but_logit_scale(model)
+        model.requires_grad_(False)
+        return [p.requires_grad_(True) for _, p in lora_parameters(model)]
+
+    def before_task(self, ctx) -> None:
+        ctx.model.load_state_dict(ctx.pretrained)  # tuning individually: every task from θ⁰
+
+    def loss(self, batch, ctx) -> torch.Tensor:
+        return ce_loss(batch, ctx)
+
+    @torch.no_grad()
+    def after_task(self, ctx) -> None:
+        start = time.perf_counter()
+        trained = {id(p) for p in self.trainable_parameters(ctx.model)}
+        delta = {
+            n: p.detach() - ctx.pretrained[n] for n, p in ctx.model.named_parameters() if id(p) in trained
+        }
+        self.unified, self.masks, self.rescalers = fusion.remerge(
+            self.unified, self.masks, self.rescalers, delta, self.cfg.rescale
+        )
+        del delta
+        self.merge_seconds.append(time.perf_counter() - start)
+        self.prototypes.append(self._prototypes(ctx))
+        self._experts.clear()  # every expert changed with the merge
+
+    def _pretrained_model(self, ctx) -> torch.nn.Module:
+        if self._pretrained is None:
+            self._pretrained = copy.deepcopy(ctx.model).eval()
+            self._pretrained.load_state_dict(ctx.pretrained)
+            self._pretrained.requires_grad_(False)
+        return self._pretrained
+
+    def _prototypes(self, ctx) -> torch.Tensor:
+        """ConDU's ``finetune.py``: class means of normalised pretrained image features, plus the
+        template mean of normalised text features, halved and normalised (text only if no image)."""
+        model, task = self._pretrained_model(ctx), ctx.current
+        sums, counts = None, torch.zeros(task.n_classes, device=ctx.device)
+        for images, labels in eval_batches(
+            task.train, ctx.settings.eval_batch_size, ctx.settings.num_workers
+        ):
+            with ctx.autocast():
+                feats = F.normalize(model.encode_image(images.to(ctx.device)).float(), dim=-1)
+            labels = labels.to(ctx.device)
+            sums = torch.zeros(task.n_classes, feats.shape[1], device=ctx.device) if sums is None else sums
+            sums.index_add_(0, labels, feats)
+            counts.index_add_(0, labels, torch.ones_like(labels, dtype=counts.dtype))
+        with ctx.autocast():
+            text = F.normalize(model.encode_text(ctx.class_tokens(ctx.task, ensemble=True)).float(), dim=-1)
+        text = text.view(task.n_classes, -1, text.shape[-1]).mean(dim=1)
+        image = sums / counts.clamp(min=1)[:, None]
+        proto = torch.where(counts[:, None] > 0, (image + text) / 2, text)
+        return F.normalize(proto, dim=-1).cpu()
+
+    # -- prediction -------------------------------------------------------------------------
+
+    def expert(self, task: int, ctx) -> torch.nn.Module:
+        """Task ``task``'s decoupled expert θ⁰ + δ̃, built once after each merge."""
+        if task not in self._experts:
+            model = copy.deepcopy(self._pretrained_model(ctx))
+            params = dict(model.named_parameters())
+            with torch.no_grad():
+                for name, u in self.unified.items():
+                    params[name].add_(
+                        fusion.decoupled_tensor(u, self.masks[task][name], self.rescalers[task])
+                    )
+            self._experts[task] = model
+        return self._experts[task]
+
+    def logits(self, images: torch.Tensor, task: int | None, ctx) -> torch.Tensor:
+        seen = len(self.masks)
+        if task is not None and ctx.task_id_known and task < seen:
+            return ctx.clip_logits(self.expert(task, ctx), images, task)
+        return self.aggregate(images, task, ctx)
+
+    def aggregate(self, images: torch.Tensor, task: int | None, ctx) -> torch.Tensor:
+        """§4.2's semantic aggregation over the ``top_k`` experts whose prototypes match best."""
+        pretrained = self._pretrained_model(ctx)
+        feats = F.normalize(pretrained.encode_image(images).float(), dim=-1)
+        base = ctx.settings.logit_scale * feats @ ctx.eval_head(pretrained, task).T
+        if not self.masks:
+            return base
+        scores = torch.stack([(feats @ p.to(feats.device).T).amax(dim=1) for p in self.prototypes], dim=1)
+        chosen = scores.topk(min(self.cfg.top_k, len(self.masks)), dim=1).indices  # (B, k)
+        total = base.clone() if self.cfg.include_pretrained else torch.zeros_like(base)
+        for t in chosen.unique().tolist():
+            rows = (chosen == t).any(dim=1)
+            total[rows] += ctx.clip_logits(self.expert(t, ctx), images[rows], task)
+        return total / (chosen.shape[1] + int(self.cfg.include_pretrained))
+
+    # -- state and report -------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "unified": self.unified,
+            "masks": self.masks,
+            "rescalers": self.rescalers,
+            "prototypes": self.prototypes,
+            "merge_seconds": self.merge_seconds,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.unified = {k: v.clone() for k, v in state.get("unified", {}).items()}
+        self.masks = [dict(m) for m in state.get("masks", [])]
+        self.rescalers = torch.as_tensor(state.get("rescalers", []), dtype=torch.float64)
+        self.prototypes = list(state.get("prototypes", []))
+        self.merge_seconds = [float(s) for s in state.get("merge_seconds", [])]
+        self._experts.clear()
+
+    def summary(self, ctx) -> dict[str, Any]:
+        """Storage as seed 002 appendix H (MB as float32 files hold them) and each merge's time."""
+        model_mb = fusion.tensor_bytes(ctx.pretrained) / MB
+        unified_mb = fusion.tensor_bytes(self.unified) / MB
+        masks_mb = fusion.mask_bytes(self.masks) / MB
+        extra_mb = (self.rescalers.numel() * 8 + sum(p.numel() * 4 for p in self.prototypes)) / MB
+        t = len(self.masks)
+        return {
+            "storage": [
+                {"item": "pretrained model", "MB": round(model_mb, 3)},
+                {"item": "unified delta", "MB": round(unified_mb, 3)},
+                {"item": f"masks ({t} tasks, 1 bit per parameter)", "MB": round(masks_mb, 3)},
+                {"item": "rescalers + prototypes", "MB": round(extra_mb, 3)},
+                {"item": "ConDU total", "MB": round(model_mb + unified_mb + masks_mb + extra_mb, 3)},
+                {"item": f"individual experts ({t} models)", "MB": round(t * model_mb, 3)},
+            ],
+            "rescalers": [round(float(r), 4) for r in self.rescalers],
+            "merge_seconds": [round(s, 3) for s in self.merge_seconds],
+        }
