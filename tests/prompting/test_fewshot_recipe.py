@@ -104,6 +104,9 @@ def test_config_mistakes_are_one_line_errors(tmp_path, override, error, where):
     [
         (["data.collection=coop", "data.datasets=[eurosat]"], "data_root"),
         (["backbone=ViT-B-16"], "pretrained"),
+        # deeper prompts than the micro CLIP has blocks: caught before the zero-shot entry runs
+        (["methods=[zeroshot, {name: vpt, depth_vision: 12}]", "select=[]"], "method.depth_vision"),
+        (["methods=[zeroshot, {name: maple, prompt_depth: 9}]", "select=[]"], "method.prompt_depth"),
     ],
 )
 def test_missing_data_root_or_weights_fail_before_anything_is_written(tmp_path, override, where):

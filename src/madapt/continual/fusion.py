@@ -74,8 +74,8 @@ def _merge_tensor(
         stacked = rows(a, b)
         u, m = unify_tensor(stacked)
         out[a:b] = u
-        n_part = stacked.abs().double().sum(dim=1)
-        d_part = (m * u).abs().double().sum(dim=1)
+        n_part = stacked.abs().sum(dim=1, dtype=torch.float64)
+        d_part = (m * u).abs().sum(dim=1, dtype=torch.float64)
         num, den = (n_part, d_part) if num is None else (num + n_part, den + d_part)
         if not packed:
             packed = [[] for _ in range(len(stacked))]

@@ -19,6 +19,7 @@ from madapt.backbones.clip import zero_shot_head
 from madapt.config import Strict
 from madapt.peft.kv_prompts import KVPromptBlock, inject_kv_prompts, tower_blocks, uniform_lengths
 from madapt.prompting.fewshot import FewShotContext, hand_texts, logit_scale
+from madapt.prompting.prompt_method import check_clip
 from madapt.prompting.pruning import PruneSchedule, lowest_live, plan_schedule, token_scores
 from madapt.registry import register
 
@@ -42,6 +43,10 @@ class ZeroShot:
     def __init__(self, cfg: ZeroShotConfig) -> None:
         self.cfg = cfg
         self.head: torch.Tensor | None = None
+
+    def check(self, backbone) -> None:
+        """The recipe's pre-run check (`PromptMethod.check`): a CLIP backbone."""
+        check_clip(backbone)
 
     def setup(self, ctx: FewShotContext) -> None:
         with torch.no_grad():
@@ -118,6 +123,10 @@ class KVPromptMethod(ABC):
     @abstractmethod
     def lengths(self, layers: dict[str, int], ctx: FewShotContext) -> dict[str, list[int]]:
         """Tokens each prompted layer starts with, per tower (``layers``: prompted depth per tower)."""
+
+    def check(self, backbone) -> None:
+        """The recipe's pre-run check (`PromptMethod.check`): a CLIP backbone."""
+        check_clip(backbone)
 
     def setup(self, ctx: FewShotContext) -> None:
         towers = tower_blocks(ctx.backbone.model)

@@ -182,6 +182,8 @@ def prepare(cfg: FewShotConfig) -> Prepared:
     seed_everything(0)
     backbone = get("backbone", cfg.backbone)(cfg.pretrained)
     backbone.model.requires_grad_(False)
+    for entry in cfg.methods:  # options that cannot fit this backbone fail now, not after other runs
+        entry.method(entry.options).check(backbone)
     return Prepared(backbone, load_data(cfg.data, cfg.data_root, backbone, cfg.seeds))
 
 

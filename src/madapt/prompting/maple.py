@@ -29,7 +29,7 @@ from pydantic import Field
 from torch import nn
 
 from madapt.prompting.coop import TextPromptLearner
-from madapt.prompting.prompt_method import SGDConfig, layers
+from madapt.prompting.prompt_method import PromptMethod, SGDConfig, layers
 from madapt.prompting.vpt_clip import IVLP, check_depth, per_layer, random_prompts, text_context
 from madapt.registry import register
 
@@ -82,10 +82,13 @@ class MaPLe(IVLP):
 
     Config = MaPLeConfig
 
+    def check(self, backbone) -> None:
+        PromptMethod.check(self, backbone)
+        check_depth("prompt_depth", self.cfg.prompt_depth, layers(backbone.model), "text")
+        check_depth("prompt_depth", self.cfg.prompt_depth, layers(backbone.model.visual), "image")
+
     def build(self, ctx: FewShotContext) -> nn.Module:
         cfg, model = self.cfg, ctx.backbone.model
-        check_depth("prompt_depth", cfg.prompt_depth, layers(model), "text")
-        check_depth("prompt_depth", cfg.prompt_depth, layers(model.visual), "image")
         text = text_context(ctx.backbone, ctx.classnames, cfg.n_ctx, cfg.ctx_init)
         prompts = MaPLePrompts(
             text, cfg.prompt_depth, model.token_embedding.weight.shape[1], model.visual.conv1.out_channels

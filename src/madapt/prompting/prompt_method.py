@@ -78,8 +78,13 @@ class PromptMethod(ABC):
     def token_layout(self) -> tuple[list[int], list[int]]:
         """Prompt tokens per layer of the text and of the image tower."""
 
+    def check(self, backbone: ClipBackbone) -> None:
+        """Fail with a `ConfigError` if the options cannot fit ``backbone`` (the recipe calls this
+        for every entry before any training, so a bad entry never costs the runs before it)."""
+        check_clip(backbone)
+
     def setup(self, ctx: FewShotContext) -> None:
-        check_clip(ctx.backbone)
+        self.check(ctx.backbone)
         self.backbone = ctx.backbone
         self.prompts = self.build(ctx).to(ctx.device)
 

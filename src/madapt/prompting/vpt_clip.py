@@ -163,10 +163,13 @@ class IVLP(PromptMethod):
 
     Config = DeepPromptConfig
 
+    def check(self, backbone) -> None:
+        super().check(backbone)
+        check_depth("depth_text", self.cfg.depth_text, layers(backbone.model), "text")
+        check_depth("depth_vision", self.cfg.depth_vision, layers(backbone.model.visual), "image")
+
     def build(self, ctx: FewShotContext) -> nn.Module:
         cfg, model = self.cfg, ctx.backbone.model
-        check_depth("depth_text", cfg.depth_text, layers(model), "text")
-        check_depth("depth_vision", cfg.depth_vision, layers(model.visual), "image")
         dtype = model.token_embedding.weight.dtype
         text = text_context(ctx.backbone, ctx.classnames, cfg.n_ctx_text, cfg.ctx_init)
         text_deep = random_prompts(

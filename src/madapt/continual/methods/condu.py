@@ -199,21 +199,22 @@ class ConDU(ContinualMethod):
         self._experts.clear()
 
     def summary(self, ctx) -> dict[str, Any]:
-        """Storage as seed 002 appendix H (MB as float32 files hold them) and each merge's time."""
-        model_mb = fusion.tensor_bytes(ctx.pretrained) / MB
-        unified_mb = fusion.tensor_bytes(self.unified) / MB
-        masks_mb = fusion.mask_bytes(self.masks) / MB
-        extra_mb = (self.rescalers.numel() * 8 + sum(p.numel() * 4 for p in self.prototypes)) / MB
+        """Storage as seed 002 appendix H (bytes as the tensors are held) and each merge's time."""
+        model = fusion.tensor_bytes(ctx.pretrained)
+        unified = fusion.tensor_bytes(self.unified)
+        masks = fusion.mask_bytes(self.masks)
+        extra = self.rescalers.numel() * 8 + sum(p.numel() * p.element_size() for p in self.prototypes)
         t = len(self.masks)
+        rows = [
+            ("pretrained model", model),
+            ("unified delta", unified),
+            (f"masks ({t} tasks, 1 bit per trained parameter)", masks),
+            ("rescalers + prototypes", extra),
+            ("ConDU total", model + unified + masks + extra),
+            (f"individual experts ({t} models)", t * model),
+        ]
         return {
-            "storage": [
-                {"item": "pretrained model", "MB": round(model_mb, 3)},
-                {"item": "unified delta", "MB": round(unified_mb, 3)},
-                {"item": f"masks ({t} tasks, 1 bit per parameter)", "MB": round(masks_mb, 3)},
-                {"item": "rescalers + prototypes", "MB": round(extra_mb, 3)},
-                {"item": "ConDU total", "MB": round(model_mb + unified_mb + masks_mb + extra_mb, 3)},
-                {"item": f"individual experts ({t} models)", "MB": round(t * model_mb, 3)},
-            ],
+            "storage": [{"item": item, "MB": round(b / MB, 2), "bytes": b} for item, b in rows],
             "rescalers": [round(float(r), 4) for r in self.rescalers],
             "merge_seconds": [round(s, 3) for s in self.merge_seconds],
         }
