@@ -310,3 +310,21 @@ def test_condu_lora_resumes_to_the_same_state(ctx_factory, tmp_path):
     )
     acc2, weights2, state2 = crash_then_resume("condu", ctx_factory, tmp_path / "b", (1, 3), **options)
     assert acc2 == acc and same(weights2, weights) and same(comparable(state2), comparable(state))
+
+
+def test_a_merge_only_ever_stacks_one_slice_of_each_tensor(monkeypatch):
+    """The memory bound of `remerge`: the t + 1 decoupled rows exist for one CHUNK-sized slice at a
+    time, never for a whole tensor (a ViT-B/16 token embedding is 25 M values)."""
+    monkeypatch.setattr(fusion, "CHUNK", 16)
+    d = [{"w": torch.randn(10, 10), "b": torch.randn(37)} for _ in range(3)]
+    state = fusion.unify(d[:2])
+    widths = []
+    real_stack = torch.stack
+
+    def stack(tensors, *args, **kwargs):
+        widths.append(max(t.numel() for t in tensors))
+        return real_stack(tensors, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "stack", stack)
+    fusion.remerge({k: v.clone() for k, v in state[0].items()}, state[1], state[2], d[2])
+    assert widths and max(widths) <= 16
