@@ -10,6 +10,7 @@ from madapt.continual.methods import (  # noqa: F401  (registration)
     finetune,
     icarl,
     lwf,
+    rail,
     wise_ft,
     zeroshot,
     zscl,
