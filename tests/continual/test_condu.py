@@ -328,3 +328,16 @@ def test_a_merge_only_ever_stacks_one_slice_of_each_tensor(monkeypatch):
     monkeypatch.setattr(torch, "stack", stack)
     fusion.remerge({k: v.clone() for k, v in state[0].items()}, state[1], state[2], d[2])
     assert widths and max(widths) <= 16
+
+
+def test_the_k_sweep_reproduces_the_engines_unseen_task_accuracy_at_the_run_k(ctx_factory, tmp_path):
+    ctx = ctx_factory(iterations=2)
+    method = condu(top_k=2, k_sweep=[1, 2])
+    acc = run_sequence(method, ctx, Checkpointer(tmp_path))
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert method.sweep["2"][i][j] == pytest.approx(acc[i][j])
+    table = {r["K"]: r["Transfer"] for r in method.summary(ctx)["k_sweep"]}
+    transfer = ((acc[0][1]) + (acc[0][2] + acc[1][2]) / 2) / 2
+    assert table[2] == pytest.approx(transfer, abs=0.01)
+    assert set(table) == {1, 2}

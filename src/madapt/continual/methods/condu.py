@@ -63,6 +63,11 @@ class ConDUConfig(MethodConfig):
         "tensor_mean",
         description="rescaler: tensor_mean (the code), global (§4.1's formula), none (Table 5 ablation)",
     )
+    k_sweep: list[int] = Field(
+        [],
+        description="also measure the unseen-task accuracy of every row for each of these K "
+        "(appendix F, Table 11); reported as a Transfer per K",
+    )
     lora: LoraConfig | None = Field(
         None, description="ConDU (LoRA): train only LoRA on the MLPs of both towers (rank 64); None: full FT"
     )
@@ -79,6 +84,7 @@ class ConDU(ContinualMethod):
         self.rescalers = torch.zeros(0, dtype=torch.float64)
         self.prototypes: list[torch.Tensor] = []  # (n_classes, d) per task, pretrained feature space
         self.merge_seconds: list[float] = []
+        self.sweep: dict[str, list[list[float | None]]] = {}  # K -> rows of unseen-task accuracies
         self._pretrained: torch.nn.Module | None = None
         self._experts: dict[int, torch.nn.Module] = {}
 
@@ -114,6 +120,8 @@ class ConDU(ContinualMethod):
         self.merge_seconds.append(time.perf_counter() - start)
         self.prototypes.append(self._prototypes(ctx))
         self._experts.clear()  # every expert changed with the merge
+        if self.cfg.k_sweep:
+            self._sweep_row(ctx)
 
     def _pretrained_model(self, ctx) -> torch.nn.Module:
         if self._pretrained is None:
@@ -179,6 +187,40 @@ class ConDU(ContinualMethod):
             total[rows] += ctx.clip_logits(self.expert(t, ctx), images[rows], task)
         return total / (chosen.shape[1] + int(self.cfg.include_pretrained))
 
+    @torch.no_grad()
+    def _sweep_row(self, ctx) -> None:
+        """Appendix F: accuracy on every task not trained yet, aggregating the best K experts, for
+        each K of ``k_sweep``; the experts' logits are computed once per batch and shared by all K."""
+        row: dict[str, list[float | None]] = {str(k): [None] * len(ctx.tasks) for k in self.cfg.k_sweep}
+        pretrained = self._pretrained_model(ctx)
+        experts = [self.expert(t, ctx) for t in range(len(self.masks))]
+        for j in range(ctx.task + 1, len(ctx.tasks)):
+            correct = dict.fromkeys(row, 0)
+            total = 0
+            spec = ctx.tasks[j]
+            for images, labels in eval_batches(
+                spec.test, ctx.settings.eval_batch_size, ctx.settings.num_workers
+            ):
+                images, labels = images.to(ctx.device), labels.to(ctx.device)
+                with ctx.autocast():
+                    feats = F.normalize(pretrained.encode_image(images).float(), dim=-1)
+                    base = ctx.settings.logit_scale * feats @ ctx.eval_head(pretrained, j).T
+                    each = torch.stack([ctx.clip_logits(e, images, j).float() for e in experts])  # (t, B, C)
+                scores = torch.stack([(feats @ p.to(feats.device).T).amax(dim=1) for p in self.prototypes], 1)
+                order = scores.argsort(dim=1, descending=True)  # (B, t)
+                for key in row:
+                    k = min(int(key), len(experts))
+                    chosen = torch.zeros_like(scores).scatter_(1, order[:, :k], 1.0)  # (B, t)
+                    total_logits = torch.einsum("bt,tbc->bc", chosen, each)
+                    if self.cfg.include_pretrained:
+                        total_logits = total_logits + base
+                    correct[key] += int((total_logits.argmax(dim=-1) == labels).sum())
+                total += len(labels)
+            for key in row:
+                row[key][j] = 100.0 * correct[key] / max(total, 1)
+        for key, values in row.items():
+            self.sweep.setdefault(key, []).append(values)
+
     # -- state and report -------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -188,6 +230,7 @@ class ConDU(ContinualMethod):
             "rescalers": self.rescalers,
             "prototypes": self.prototypes,
             "merge_seconds": self.merge_seconds,
+            "sweep": self.sweep,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -196,6 +239,7 @@ class ConDU(ContinualMethod):
         self.rescalers = torch.as_tensor(state.get("rescalers", []), dtype=torch.float64)
         self.prototypes = list(state.get("prototypes", []))
         self.merge_seconds = [float(s) for s in state.get("merge_seconds", [])]
+        self.sweep = {k: [list(r) for r in rows] for k, rows in state.get("sweep", {}).items()}
         self._experts.clear()
 
     def summary(self, ctx) -> dict[str, Any]:
@@ -217,4 +261,16 @@ class ConDU(ContinualMethod):
             "storage": [{"item": item, "MB": round(b / MB, 2), "bytes": b} for item, b in rows],
             "rescalers": [round(float(r), 4) for r in self.rescalers],
             "merge_seconds": [round(s, 3) for s in self.merge_seconds],
+            **({"k_sweep": self.sweep_table()} if self.sweep else {}),
         }
+
+    def sweep_table(self) -> list[dict[str, Any]]:
+        """Transfer (ZSCL's definition: per dataset, the mean over the rows before it was trained)
+        for each K of the sweep, as appendix F's Table 11."""
+        rows = []
+        for key, matrix in self.sweep.items():
+            n = len(matrix[0]) if matrix else 0
+            cols = [[matrix[i][j] for i in range(min(j, len(matrix)))] for j in range(1, n)]
+            per = [sum(c) / len(c) for c in cols if c and None not in c]
+            rows.append({"K": int(key), "Transfer": round(sum(per) / len(per), 2) if per else None})
+        return rows
