@@ -47,7 +47,9 @@ def unify_tensor(stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One tensor of `unify`: (unified, masks) for the (t, ...) stack of the tasks' deltas."""
     sign = elected_sign(stacked)
     masks = stacked * sign > 0
-    unified = (stacked.abs() * masks).amax(dim=0) * sign
+    # the largest agreeing magnitude, signed: the max where the sign is +, the min where it is -
+    # (0 where no entry agrees: all zeros); equal to max_i |δ_i · mask_i| · sign, in two reductions
+    unified = torch.where(sign > 0, stacked.amax(dim=0).clamp(min=0), stacked.amin(dim=0).clamp(max=0))
     return unified, masks
 
 
@@ -74,8 +76,10 @@ def _merge_tensor(
         stacked = rows(a, b)
         u, m = unify_tensor(stacked)
         out[a:b] = u
-        n_part = stacked.abs().sum(dim=1, dtype=torch.float64)
-        d_part = (m * u).abs().sum(dim=1, dtype=torch.float64)
+        # per-slice sums in the delta's dtype (pairwise summation), accumulated across slices in float64
+        n_part = stacked.abs().sum(dim=1).double()
+        # the same reduction as n_part: a task equal to its masked unified delta gets exactly 1
+        d_part = (m * u.abs()).sum(dim=1).double()
         num, den = (n_part, d_part) if num is None else (num + n_part, den + d_part)
         if not packed:
             packed = [[] for _ in range(len(stacked))]
