@@ -341,3 +341,36 @@ def test_the_k_sweep_reproduces_the_engines_unseen_task_accuracy_at_the_run_k(ct
     transfer = ((acc[0][1]) + (acc[0][2] + acc[1][2]) / 2) / 2
     assert table[2] == pytest.approx(transfer, abs=0.01)
     assert set(table) == {1, 2}
+
+
+# --- Task Arithmetic (the merging baseline) -----------------------------------------------------
+
+
+def test_task_arithmetic_predicts_with_theta0_plus_scaled_sum_of_task_vectors(ctx_factory, tmp_path):
+    from madapt.continual.methods.task_arithmetic import TaskArithmetic
+
+    ctx = ctx_factory(iterations=2)
+    method = build("task_arithmetic", scale=0.5)
+    trained = []
+    original = TaskArithmetic.after_task
+
+    def record(self, c):
+        trained.append({n: p.detach().clone() for n, p in c.model.named_parameters()})
+        original(self, c)
+
+    method.after_task = record.__get__(method)
+    run_sequence(method, ctx, Checkpointer(tmp_path))
+    for name, p in ctx.model.named_parameters():
+        if name == "logit_scale":
+            assert torch.equal(p, ctx.pretrained[name])
+            continue
+        total = sum(t[name] - ctx.pretrained[name] for t in trained)
+        torch.testing.assert_close(p, ctx.pretrained[name] + 0.5 * total)
+
+
+def test_task_arithmetic_resumes_to_the_same_merge(ctx_factory, tmp_path):
+    acc, weights, state = final_state(
+        build("task_arithmetic"), ctx_factory(iterations=5), Checkpointer(tmp_path / "a")
+    )
+    acc2, weights2, state2 = crash_then_resume("task_arithmetic", ctx_factory, tmp_path / "b", (2, 3))
+    assert acc2 == acc and same(weights2, weights) and same(state2, state)

@@ -11,6 +11,7 @@ from madapt.continual.methods import (  # noqa: F401  (registration)
     icarl,
     lwf,
     rail,
+    task_arithmetic,
     wise_ft,
     zeroshot,
     zscl,
