@@ -255,7 +255,8 @@ class ConDU(ContinualMethod):
             (f"masks ({t} tasks, 1 bit per trained parameter)", masks),
             ("rescalers + prototypes", extra),
             ("ConDU total", model + unified + masks + extra),
-            (f"individual experts ({t} models)", t * model),
+            # appendix H: full FT keeps t whole models; LoRA keeps CLIP once plus t LoRA sets
+            (f"individual experts ({t} tasks)", t * model if self.cfg.lora is None else model + t * unified),
         ]
         return {
             "storage": [{"item": item, "MB": round(b / MB, 2), "bytes": b} for item, b in rows],
