@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from madapt.backbones.clip import fill_template
 from madapt.continual.method import ContinualMethod, MethodConfig
 from madapt.continual.stream import eval_batches
 from madapt.registry import register
@@ -42,7 +43,11 @@ class RAILConfig(MethodConfig):
     fusion_weight: float = Field(
         0.9, ge=0, le=1, description="β of the fusion with zero-shot (fusion_weight)"
     )
-    template: str = Field("a photo of a {}.", description="RAIL's one zero-shot template")
+    template: str | None = Field(
+        "a photo of a {}.",
+        description="RAIL's one zero-shot template; None: each dataset's own first template "
+        "(for benchmarks whose class names need their domain's words, as the micro world's)",
+    )
 
 
 @register("method", "rail")
@@ -117,8 +122,12 @@ class RAIL(ContinualMethod):
 
     def union_head(self, ctx) -> torch.Tensor:
         if self._head is None:
-            names = [n.replace("_", " ") for t in ctx.tasks for n in t.classnames]
-            tokens = ctx.backbone.tokenize([self.cfg.template.replace("{}", n) for n in names]).to(ctx.device)
+            texts = [
+                fill_template(self.cfg.template or t.templates[0], n.replace("_", " "))
+                for t in ctx.tasks
+                for n in t.classnames
+            ]
+            tokens = ctx.backbone.tokenize(texts).to(ctx.device)
             with torch.no_grad():
                 self._head = torch.cat(
                     [F.normalize(ctx.model.encode_text(c).float(), dim=-1) for c in tokens.split(512)]
