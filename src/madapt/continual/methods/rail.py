@@ -17,6 +17,8 @@ classes are fused: (1 − β) · softmax + β · regression output (zero for cla
 β = 0.9. RAIL is task-agnostic by construction; with a task id the engine's label space is that
 task's classes, and we return the fused scores' columns of that task (ours: RAIL's code only
 evaluates over the union, so its published numbers compare with ``eval.task_agnostic: union``).
+``template: null`` (ours, for the micro world) builds the zero-shot side from each dataset's own first
+template instead of RAIL's one generic template.
 """
 
 from __future__ import annotations
