@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pytest
 import torch
 from test_kill_resume import CONFIG  # the tiny MTIL-micro run the single-process kill test uses
 
+from launch_helpers import madapt_run
 from madapt.backbones.clip import load_clip
 from madapt.continual.context import TrainSettings
 from madapt.continual.stream import eval_batches, train_batches
@@ -66,36 +65,6 @@ def test_eval_shards_cover_the_test_set_once() -> None:
     assert len(whole) == 23
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _command(processes: int, out: str, resume: bool = False) -> list[str]:
-    run = ["-m", "madapt.cli", "run", "cfg.yaml", "--out", out, *(["--resume"] if resume else [])]
-    if processes == 1:
-        return [sys.executable, *run]
-    # --multi_gpu is accelerate's torchrun path; on CPU madapt joins it with gloo (see training.py)
-    return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        *run,
-    ]
-
-
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
@@ -130,7 +99,7 @@ def test_two_processes_follow_the_single_process_run(tmp_path: Path) -> None:
     (tmp_path / "cfg.yaml").write_text(CONFIG)
     for n, out in ((1, "one"), (2, "two")):
         proc = subprocess.run(
-            _command(n, out), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600
+            madapt_run(n, out), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
     one = json.loads((tmp_path / "one/results.json").read_text())["methods"]
@@ -157,12 +126,12 @@ def test_two_processes_follow_the_single_process_run(tmp_path: Path) -> None:
 def test_two_processes_killed_and_resumed_match_an_uninterrupted_run(tmp_path: Path) -> None:
     (tmp_path / "cfg.yaml").write_text(CONFIG)
     whole = subprocess.run(
-        _command(2, "whole"), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600
+        madapt_run(2, "whole"), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600
     )
     assert whole.returncode == 0, whole.stderr[-3000:]
     # kill the whole process group once the second checkpoint of the first method exists
     proc = subprocess.Popen(
-        _command(2, "killed"),
+        madapt_run(2, "killed"),
         cwd=tmp_path,
         env=_env(),
         start_new_session=True,
@@ -191,7 +160,7 @@ def test_two_processes_killed_and_resumed_match_an_uninterrupted_run(tmp_path: P
     assert not _run_processes(tmp_path, "killed")
     assert not (tmp_path / "killed/results.json").exists()
     resumed = subprocess.run(
-        _command(2, "killed", resume=True),
+        madapt_run(2, "killed", resume=True),
         cwd=tmp_path,
         env=_env(),
         capture_output=True,

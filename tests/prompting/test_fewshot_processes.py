@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from launch_helpers import madapt_run
 from madapt.continual.tasks import ArrayDataset
 from madapt.prompting.fewshot import Settings, _batches, _Progress
 from madapt.runs import Checkpointer
@@ -54,31 +53,6 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
-def _madapt(out: str, processes: int = 1, resume: bool = False) -> list[str]:
-    cli = ["-m", "madapt.cli", "run", "cfg.yaml", "--out", out] + (["--resume"] if resume else [])
-    if processes == 1:
-        return [sys.executable, *cli]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    launch = [
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(port),
-    ]
-    return [sys.executable, *launch, *cli]
-
-
 def _final(run: Path) -> dict[str, torch.Tensor]:
     """Prompts and masks of the last checkpoint (written after the final epoch)."""
     state = Checkpointer(run / SUB / "checkpoints").load().state["method"]
@@ -104,14 +78,16 @@ def _pointer(run: Path) -> tuple[int | None, bool]:
 def test_sigkill_at_random_moments_resumes_to_identical_prompts_and_masks(tmp_path):
     (tmp_path / "cfg.yaml").write_text(CONFIG)
     began = time.monotonic()
-    done = subprocess.run(_madapt("A"), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        madapt_run(1, "A"), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900
+    )
     span = time.monotonic() - began
     assert done.returncode == 0, done.stderr[-3000:]
     rng, kills = random.Random(14), []
     for attempt in range(8):
         resume = (tmp_path / "B" / "config.yaml").is_file()
         proc = subprocess.Popen(
-            _madapt("B", resume=resume),
+            madapt_run(1, "B", resume=resume),
             cwd=tmp_path,
             env=_env(),
             stdout=subprocess.DEVNULL,
@@ -133,7 +109,7 @@ def test_sigkill_at_random_moments_resumes_to_identical_prompts_and_masks(tmp_pa
             time.sleep(0.002)
         proc.wait()
     final = subprocess.run(
-        _madapt("B", resume=True), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900
+        madapt_run(1, "B", resume=True), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900
     )
     assert final.returncode == 0, final.stderr[-3000:]
     assert len(kills) >= 3, kills
@@ -149,7 +125,7 @@ def test_two_processes_follow_the_single_process_run(tmp_path):
     (tmp_path / "cfg.yaml").write_text(CONFIG)
     for n, out in ((1, "one"), (2, "two")):
         proc = subprocess.run(
-            _madapt(out, n), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900
+            madapt_run(n, out), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(2 processes)" in (tmp_path / "two" / "log.txt").read_text()

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from launch_helpers import madapt_run
 from madapt.runs import Checkpointer
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -24,42 +23,19 @@ variants: [otlm, {name: ilm, mapping_source: train_pass}, linear_probe]
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _command(processes: int, out: str) -> list[str]:
-    run = ["-m", "madapt.cli", "run", "cfg.yaml", "--out", out]
-    if processes == 1:
-        return [sys.executable, *run]
-    return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        *run,
-    ]
-
-
 @pytest.mark.slow
 def test_two_processes_follow_the_single_process_run(tmp_path: Path) -> None:
     (tmp_path / "cfg.yaml").write_text(CONFIG)
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     for n, out in ((1, "one"), (2, "two")):
         proc = subprocess.run(
-            _command(n, out), cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=900
+            madapt_run(n, out),
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=900,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
     one = json.loads((tmp_path / "one/results.json").read_text())["variants"]

@@ -6,15 +6,14 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from launch_helpers import madapt_run
 from madapt.data.text import read_texts
 from madapt.tokenizers.corpus import PARTS, CorpusStream, CyclicReader, HeldOut, reservoir_sample
 from madapt.tokenizers.lm_scoring import batch_rows, iter_blocks, pack, take_tokens
@@ -149,36 +148,6 @@ def test_reservoir_sample_is_seeded_bounded_and_in_order() -> None:
 # Two processes under accelerate launch
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _command(processes: int, out: str) -> list[str]:
-    run = ["-m", "madapt.cli", "run", "cfg.yaml", "--out", out]
-    if processes == 1:
-        return [sys.executable, *run]
-    # --multi_gpu is accelerate's torchrun path; on CPU madapt joins it with gloo (see training.py)
-    return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        *run,
-    ]
-
-
 def _files(run: Path) -> list[str]:
     return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
 
@@ -196,7 +165,13 @@ def test_two_processes_match_the_single_process_run(tmp_path: Path, docs: list[s
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     for n, out in ((1, "one"), (2, "two")):
         proc = subprocess.run(
-            _command(n, out), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+            madapt_run(n, out),
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
