@@ -172,14 +172,22 @@ class ConDU(ContinualMethod):
             return ctx.clip_logits(self.expert(task, ctx), images, task)
         return self.aggregate(images, task, ctx)
 
-    def aggregate(self, images: torch.Tensor, task: int | None, ctx) -> torch.Tensor:
-        """§4.2's semantic aggregation over the ``top_k`` experts whose prototypes match best."""
+    def pretrained_view(
+        self, images: torch.Tensor, task: int | None, ctx
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pretrained model's logits over ``task``'s label space and each stored task's score
+        (its prototypes' best cosine with the image's pretrained feature, §4.2), (B, C) and (B, t)."""
         pretrained = self._pretrained_model(ctx)
         feats = F.normalize(pretrained.encode_image(images).float(), dim=-1)
         base = ctx.settings.logit_scale * feats @ ctx.eval_head(pretrained, task).T
+        scores = [(feats @ p.to(feats.device).T).amax(dim=1) for p in self.prototypes]
+        return base, torch.stack(scores, dim=1) if scores else feats.new_zeros(len(feats), 0)
+
+    def aggregate(self, images: torch.Tensor, task: int | None, ctx) -> torch.Tensor:
+        """§4.2's semantic aggregation over the ``top_k`` experts whose prototypes match best."""
+        base, scores = self.pretrained_view(images, task, ctx)
         if not self.masks:
             return base
-        scores = torch.stack([(feats @ p.to(feats.device).T).amax(dim=1) for p in self.prototypes], dim=1)
         chosen = scores.topk(min(self.cfg.top_k, len(self.masks)), dim=1).indices  # (B, k)
         total = base.clone() if self.cfg.include_pretrained else torch.zeros_like(base)
         for t in chosen.unique().tolist():
@@ -192,7 +200,6 @@ class ConDU(ContinualMethod):
         """Appendix F: accuracy on every task not trained yet, aggregating the best K experts, for
         each K of ``k_sweep``; the experts' logits are computed once per batch and shared by all K."""
         row: dict[str, list[float | None]] = {str(k): [None] * len(ctx.tasks) for k in self.cfg.k_sweep}
-        pretrained = self._pretrained_model(ctx)
         experts = [self.expert(t, ctx) for t in range(len(self.masks))]
         for j in range(ctx.task + 1, len(ctx.tasks)):
             correct = dict.fromkeys(row, 0)
@@ -203,10 +210,8 @@ class ConDU(ContinualMethod):
             ):
                 images, labels = images.to(ctx.device), labels.to(ctx.device)
                 with ctx.autocast():
-                    feats = F.normalize(pretrained.encode_image(images).float(), dim=-1)
-                    base = ctx.settings.logit_scale * feats @ ctx.eval_head(pretrained, j).T
+                    base, scores = self.pretrained_view(images, j, ctx)
                     each = torch.stack([ctx.clip_logits(e, images, j).float() for e in experts])  # (t, B, C)
-                scores = torch.stack([(feats @ p.to(feats.device).T).amax(dim=1) for p in self.prototypes], 1)
                 order = scores.argsort(dim=1, descending=True)  # (B, t)
                 for key in row:
                     k = min(int(key), len(experts))

@@ -15,9 +15,8 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from madapt.continual.losses import all_but_logit_scale
-from madapt.continual.method import ContinualMethod, MethodConfig
-from madapt.continual.methods.finetune import ce_loss
+from madapt.continual.method import MethodConfig
+from madapt.continual.methods.finetune import Finetune
 from madapt.registry import register
 
 
@@ -27,21 +26,17 @@ class TaskArithmeticConfig(MethodConfig):
 
 
 @register("method", "task_arithmetic")
-class TaskArithmetic(ContinualMethod):
+class TaskArithmetic(Finetune):
+    """Fine-tuning's parameters and loss; every task from θ⁰, the merge after it."""
+
     Config = TaskArithmeticConfig
 
     def __init__(self, cfg: TaskArithmeticConfig) -> None:
-        self.cfg = cfg
+        super().__init__(cfg)
         self.total: dict[str, torch.Tensor] = {}  # Σ δᵗ over the tasks so far
-
-    def trainable_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
-        return all_but_logit_scale(model)
 
     def before_task(self, ctx) -> None:
         ctx.model.load_state_dict(ctx.pretrained)  # every task from θ⁰, as ConDU
-
-    def loss(self, batch, ctx) -> torch.Tensor:
-        return ce_loss(batch, ctx)
 
     @torch.no_grad()
     def after_task(self, ctx) -> None:
