@@ -10,6 +10,8 @@ from madapt.continual.methods import (  # noqa: F401  (registration)
     finetune,
     icarl,
     lwf,
+    mm_moe,
+    moe_adapters,
     rail,
     task_arithmetic,
     wise_ft,
