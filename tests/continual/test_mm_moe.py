@@ -256,7 +256,8 @@ def test_selector_state_round_trips(ctx_factory, tmp_path):
     "name,options,crash_at",
     [
         ("mm_moe", SMALL_MM, (1, 3)),  # mid-task 1: experts of two tasks exist
-        ("mm_moe", SMALL_MM, (2, 5)),  # right after task 2's last step
+        ("mm_moe", SMALL_MM, (1, 5)),  # killed after task 2's last step
+        ("mm_moe", SMALL_MM, (2, 5)),  # right after task 3's last step
         ("mm_moe", {**SMALL_MM, "router": "shared", "selector": None}, (2, 3)),
         ("moe_adapters", SMALL_MOE, (1, 3)),
     ],

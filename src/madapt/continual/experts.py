@@ -12,6 +12,9 @@ when its own task is chosen, a sample of an unseen dataset when the frozen CLIP 
 
 from __future__ import annotations
 
+import resource
+import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -132,3 +135,33 @@ def count_parameters(params: list[Any]) -> int:
     for p in params:
         total += sum(q.numel() for q in p["params"]) if isinstance(p, dict) else p.numel()
     return total
+
+
+class StepCosts:
+    """Table 4.10's run-time columns for the report: median seconds between optimizer steps and
+    the peak memory (CUDA: allocated by torch; CPU: the process's peak resident set). Timing is not
+    part of the method state, so after a resume it covers the steps run since."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._last: float | None = None
+
+    def start_task(self) -> None:
+        self._last = None
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.seconds.append(now - self._last)
+        self._last = now
+
+    def report(self, device: torch.device) -> dict[str, Any]:
+        if device.type == "cuda":
+            peak = ("peak memory (MiB, CUDA allocated)", torch.cuda.max_memory_allocated(device) / 2**20)
+        else:
+            peak = (
+                "peak memory (MiB, process RSS)",
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            )
+        step = statistics.median(self.seconds) if self.seconds else None
+        return {"step time (s, median)": None if step is None else round(step, 4), peak[0]: round(peak[1], 1)}

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from madapt.continual.experts import TaskRouting, count_parameters, template_mean
+from madapt.continual.experts import StepCosts, TaskRouting, count_parameters, template_mean
 from madapt.continual.method import ContinualMethod, MethodConfig
 from madapt.continual.selector import SelectorConfig
 from madapt.peft.moe import (
@@ -91,6 +91,7 @@ class MMMoE(ContinualMethod):
         self.groups = 0  # expert groups (= routers) built
         self.routing = TaskRouting(cfg.selector)
         self.trainable_counts: list[int] = []
+        self.costs = StepCosts()
         self._model: torch.nn.Module | None = None
         self._heads: dict[tuple[int, int], Any] = {}
         self._seed = self._task = 0
@@ -145,6 +146,7 @@ class MMMoE(ContinualMethod):
 
     def before_task(self, ctx) -> None:
         self._task = ctx.task
+        self.costs.start_task()
         if self.cfg.expansion:
             self._grow(ctx.task + 1)
         self._heads.clear()
@@ -180,6 +182,9 @@ class MMMoE(ContinualMethod):
             omega = torch.stack([g.softmax(-1)[:, :old].sum(-1).mean() for g in gate_logits]).mean()
             loss = loss + self.cfg.sparsity * omega
         return loss
+
+    def after_step(self, ctx) -> None:
+        self.costs.tick()
 
     def after_task(self, ctx) -> None:
         self.routing.fit(ctx)
@@ -279,6 +284,7 @@ class MMMoE(ContinualMethod):
             "parameters (total, after the last task)": total,
             "experts per block (after the last task)": len(self._layers()[0].experts),
             "trainable parameters per task": self.trainable_counts,
+            **self.costs.report(ctx.device),
         }
         if self.cfg.selector is not None:
             out["task selection (DDAS)"] = self.routing.report(ctx)

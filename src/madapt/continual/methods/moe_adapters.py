@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from madapt.continual.experts import TaskRouting, count_parameters, template_mean
+from madapt.continual.experts import StepCosts, TaskRouting, count_parameters, template_mean
 from madapt.continual.method import ContinualMethod, MethodConfig
 from madapt.continual.methods.finetune import ce_loss
 from madapt.continual.selector import SelectorConfig
@@ -63,6 +63,7 @@ class MoEAdapters(ContinualMethod):
         self.frozen: list[list[int]] = []  # per layer (image blocks, then text blocks): frozen experts
         self.routing = TaskRouting(cfg.selector)
         self.trainable_counts: list[int] = []
+        self.costs = StepCosts()
         self._model: torch.nn.Module | None = None
         self._heads: dict[tuple[int, int], torch.Tensor] = {}
         self._task = 0
@@ -86,6 +87,7 @@ class MoEAdapters(ContinualMethod):
 
     def before_task(self, ctx) -> None:
         self._task = ctx.task
+        self.costs.start_task()
         self._heads.clear()
 
     def trainable_parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -108,6 +110,9 @@ class MoEAdapters(ContinualMethod):
         loss = ce_loss(batch, ctx)
         routing.image = routing.text = None
         return loss
+
+    def after_step(self, ctx) -> None:
+        self.costs.tick()
 
     @torch.no_grad()
     def after_task(self, ctx) -> None:
@@ -145,6 +150,7 @@ class MoEAdapters(ContinualMethod):
         out: dict[str, Any] = {
             "parameters (total)": sum(p.numel() for p in ctx.model.parameters()),
             "trainable parameters per task": self.trainable_counts,
+            **self.costs.report(ctx.device),
             "frozen experts per block (after the last task)": [len(f) for f in self.frozen],
         }
         if self.cfg.selector is not None:
