@@ -16,6 +16,7 @@ from madapt.runs import Checkpointer
 
 SMALL_MM = {"expert": {"rank": 4}}
 SMALL_MOE = {"expert": {"rank": 4, "dropout": 0.1, "scale": 0.1, "bias": True}, "experts": 6}
+CIL_CODE = {"experts": 2, "top_k": 2, "freeze_per_task": 0, "shared_router": True, "selector": None}
 
 
 def base_keys(model) -> set[str]:
@@ -260,6 +261,7 @@ def test_selector_state_round_trips(ctx_factory, tmp_path):
         ("mm_moe", SMALL_MM, (2, 5)),  # right after task 3's last step
         ("mm_moe", {**SMALL_MM, "router": "shared", "selector": None}, (2, 3)),
         ("moe_adapters", SMALL_MOE, (1, 3)),
+        ("moe_adapters", {**SMALL_MOE, **CIL_CODE}, (2, 3)),
     ],
 )
 def test_a_killed_run_resumes_to_identical_weights(ctx_factory, tmp_path, name, options, crash_at):
@@ -294,3 +296,17 @@ def test_the_task_adaptive_term_weighs_old_experts_gates_only_after_the_first_ta
                 assert diff == 0.0
             else:
                 assert 0.0 < diff < 0.05
+
+
+def test_moe_adapters_cil_configuration_trains_one_router_and_every_expert_each_step(ctx_factory, tmp_path):
+    ctx = ctx_factory(iterations=3, class_incremental=True)
+    method = build("moe_adapters", **{**SMALL_MOE, **CIL_CODE})
+    shots = snapshots_after_each_task(method)
+    run_sequence(method, ctx, Checkpointer(tmp_path))
+    layers = method._layers()
+    assert all(len(layer.routers) == 1 and len(layer.experts) == 2 for layer in layers)
+    assert method.frozen == [[] for _ in layers]
+    up = [k for k in shots[0] if k.endswith("experts.experts.0.up.weight")]
+    router = [k for k in shots[0] if k.endswith("routers.0.weight")]
+    for earlier, later in zip(shots, shots[1:]):  # every step moves the shared router and the experts
+        assert all(not torch.equal(earlier[k], later[k]) for k in router + up)

@@ -94,11 +94,13 @@ class TaskRouting:
             unseen = [
                 self.hits[k] for k in self.hits if int(k.split("/")[1]) == j and int(k.split("/")[0]) < j
             ]
-            rows.append({
-                "dataset": spec.name,
-                "seen: own task chosen (%)": _rate(seen),
-                "unseen: frozen CLIP chosen (%)": _rate(unseen),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "dataset": spec.name,
+                    "seen: own task chosen (%)": _rate(seen),
+                    "unseen: frozen CLIP chosen (%)": _rate(unseen),
+                }
+            )
         return rows
 
     def state(self) -> dict[str, Any]:

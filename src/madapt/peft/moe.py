@@ -141,8 +141,15 @@ class ExpertLayer(nn.Module):
     block by the method; this layer then only records its input in `Routing.defer` mode.
     """
 
-    def __init__(self, width: int, tower: Tower, index: int, routing: Routing, batch_first: bool,
-                 route_token: Literal["first", "eot"]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        width: int,
+        tower: Tower,
+        index: int,
+        routing: Routing,
+        batch_first: bool,
+        route_token: Literal["first", "eot"],
+    ) -> None:
         super().__init__()
         self.width, self.tower, self.index = width, tower, index
         self.routing = [routing]  # a list: not a submodule (one Routing per model, not per layer)
@@ -167,8 +174,9 @@ class ExpertLayer(nn.Module):
         for _ in range(n):
             self.experts.append(Expert(self.width, cfg, generator).to(device))
 
-    def add_router(self, init: Literal["zeros", "uniform"], generator: torch.Generator,
-                   noisy: bool = False) -> None:  # fmt: skip
+    def add_router(
+        self, init: Literal["zeros", "uniform"], generator: torch.Generator, noisy: bool = False
+    ) -> None:
         """A router over every current expert; zeros as MoE-Adapters, or nn.Linear's U(±1/√d)."""
         n, device = len(self.experts), self._device()
         router = nn.Linear(self.width, n, bias=False)
@@ -252,8 +260,9 @@ class ExpertLayer(nn.Module):
         return out
 
 
-def inject_expert_layers(model: nn.Module, towers: list[Tower], route_tokens: dict[Tower, str]
-                         ) -> dict[Tower, list[ExpertLayer]]:  # fmt: skip
+def inject_expert_layers(
+    model: nn.Module, towers: list[Tower], route_tokens: dict[Tower, str]
+) -> dict[Tower, list[ExpertLayer]]:
     """One empty `ExpertLayer` beside every residual block of the given towers of an open_clip CLIP;
     also installs ``model.moe_routing``. Experts and routers are added by the method."""
     routing = Routing(getattr(model, "text_pool_type", "argmax"), getattr(model, "text_eos_id", None))
@@ -268,8 +277,9 @@ def inject_expert_layers(model: nn.Module, towers: list[Tower], route_tokens: di
             if not isinstance(getattr(block, "ls_2", nn.Identity()), nn.Identity):
                 raise ValueError(f"{tower} block {i} has layer scale: experts beside its FFN are not defined")
             width = block.ln_2.normalized_shape[0]
-            layer = ExpertLayer(width, tower, i, routing, getattr(transformer, "batch_first", True),
-                                route_tokens[tower])  # fmt: skip
+            layer = ExpertLayer(
+                width, tower, i, routing, getattr(transformer, "batch_first", True), route_tokens[tower]
+            )
             block.experts = layer
             block.ln_2.register_forward_pre_hook(layer.capture)
             block.mlp.register_forward_hook(layer.add)

@@ -18,7 +18,10 @@ As its code runs it (``mtil/clip/model.py``, ``adapter.py``, ``src/models/finetu
 - DDAS picks the router at test time (`madapt.continual.selector`, shared with MM-MoE).
 
 Its per-task learning rates (5e-3, 1e-3, 5e-3, 1e-3, 1e-4, 1e-3, 1e-3, 1e-4, 1e-3, 1e-3, 1e-3 for
-Order I) are a preset matter (``train.lr_per_task``).
+Order I) are a preset matter (``train.lr_per_task``). Its CIL code (``cil/clip/model.py``,
+``cil/continual_clip/models.py``) is another configuration of the same layer: 2 experts per block,
+top-2, one router and noise matrix for every step (``shared_router: true``), no freezing, no task
+selection; the ``cil/*_moe_adapters`` presets set it.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ class MoEAdaptersConfig(MethodConfig):
     top_k: int = Field(2, ge=1, description="--topk 2")
     noisy: bool = Field(True, description="noisy top-k gating while training")
     freeze_per_task: int = Field(2, ge=0, description="most-chosen experts frozen per block after a task")
+    shared_router: bool = Field(
+        False, description="one router and noise matrix for every task (the CIL code)"
+    )
     selector: SelectorConfig | None = Field(default_factory=SelectorConfig, description="DDAS; null: task id")
     lr: float | None = Field(
         None, gt=0.0, description="learning rate of experts and routers (None: the run's per-task lr)"
@@ -75,11 +81,14 @@ class MoEAdapters(ContinualMethod):
         for layer in self._layers():
             gen = torch.Generator().manual_seed(expert_seed(ctx.settings.seed, 0, layer))
             layer.add_experts(self.cfg.experts, self.cfg.expert, gen)
-            for _ in ctx.tasks:
+            for _ in range(1 if self.cfg.shared_router else len(ctx.tasks)):
                 layer.add_router("zeros", gen, noisy=self.cfg.noisy)
             layer.top_k = self.cfg.top_k
             layer.counts = torch.zeros(self.cfg.experts, device=ctx.device)
         self.frozen = [[] for _ in self._layers()]
+
+    def _router(self, task: int) -> int:
+        return 0 if self.cfg.shared_router else task
 
     def _layers(self) -> list[ExpertLayer]:
         found = expert_layers(self._model)
@@ -96,8 +105,8 @@ class MoEAdapters(ContinualMethod):
         params: list[torch.nn.Parameter] = []
         for layer, frozen in zip(self._layers(), self.frozen):
             params += [p for i, e in enumerate(layer.experts) if i not in frozen for p in e.parameters()]
-            params += list(layer.routers[self._task].parameters())
-            params += list(layer.noise[self._task].parameters()) if self.cfg.noisy else []
+            params += list(layer.routers[self._router(self._task)].parameters())
+            params += list(layer.noise[self._router(self._task)].parameters()) if self.cfg.noisy else []
         for p in params:
             p.requires_grad_(True)
         if len(self.trainable_counts) <= self._task:
@@ -106,7 +115,7 @@ class MoEAdapters(ContinualMethod):
 
     def loss(self, batch, ctx) -> torch.Tensor:
         routing = ctx.model.moe_routing
-        routing.image = routing.text = ctx.task
+        routing.image = routing.text = self._router(ctx.task)
         loss = ce_loss(batch, ctx)
         routing.image = routing.text = None
         return loss
@@ -125,7 +134,7 @@ class MoEAdapters(ContinualMethod):
 
     def logits(self, images: torch.Tensor, task: int | None, ctx) -> torch.Tensor:
         tasks = [task] if task is not None else list(range(len(ctx.tasks)))
-        chosen = self.routing.choose(images, task, ctx, lambda t: t)
+        chosen = self.routing.choose(images, task, ctx, self._router)
         routing, out = ctx.model.moe_routing, None
         for r in chosen.unique().tolist():
             rows = (chosen == r).nonzero().squeeze(1)
