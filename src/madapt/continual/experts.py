@@ -119,6 +119,36 @@ class TaskRouting:
             self.selector.load(state["selector"], device)
 
 
+def routed_logits(
+    images: torch.Tensor,
+    chosen: torch.Tensor,
+    tasks: list[int],
+    ctx,
+    similarity: Callable[[torch.Tensor, int, int], torch.Tensor],
+) -> torch.Tensor:
+    """scale · similarity over ``tasks``' classes, each image encoded with its chosen router;
+    ``similarity(unit image embeddings, task, router)`` gives [b, n_classes] cosines."""
+    routing, out = ctx.model.moe_routing, None
+    for r in chosen.unique().tolist():
+        rows = (chosen == r).nonzero().squeeze(1)
+        routing.image = r
+        img = F.normalize(ctx.model.encode_image(images[rows]).float(), dim=-1)
+        routing.image = None
+        part = ctx.settings.logit_scale * torch.cat([similarity(img, t, r) for t in tasks], dim=1)
+        out = part.new_zeros(len(images), part.shape[1]) if out is None else out
+        out[rows] = part
+    return out
+
+
+def text_head(ctx, task: int, router: int) -> torch.Tensor:
+    """[C, D] template-ensembled class embeddings of ``task`` through text router ``router``."""
+    routing = ctx.model.moe_routing
+    routing.text = router
+    feats = ctx.model.encode_text(ctx.class_tokens(task, ensemble=True))
+    routing.text = None
+    return template_mean(feats, ctx.tasks[task].n_classes)
+
+
 def _rate(hits: list[list[int]]) -> float | None:
     total = sum(h[1] for h in hits)
     return None if total == 0 else round(100.0 * sum(h[0] for h in hits) / total, 2)

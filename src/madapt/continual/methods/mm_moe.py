@@ -48,7 +48,14 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from madapt.continual.experts import StepCosts, TaskRouting, count_parameters, template_mean
+from madapt.continual.experts import (
+    StepCosts,
+    TaskRouting,
+    count_parameters,
+    routed_logits,
+    template_mean,
+    text_head,
+)
 from madapt.continual.method import ContinualMethod, MethodConfig
 from madapt.continual.selector import SelectorConfig
 from madapt.peft.moe import (
@@ -236,35 +243,20 @@ class MMMoE(ContinualMethod):
     def logits(self, images: torch.Tensor, task: int | None, ctx) -> torch.Tensor:
         tasks = [task] if task is not None else list(range(len(ctx.tasks)))
         chosen = self.routing.choose(images, task, ctx, self._router_of)
-        out = None
-        for r in chosen.unique().tolist():
-            rows = (chosen == r).nonzero().squeeze(1)
-            routing = ctx.model.moe_routing
-            routing.image = r
-            img = F.normalize(ctx.model.encode_image(images[rows]).float(), dim=-1)
-            routing.image = None
-            parts = [self._head_logits(img, t, r, ctx) for t in tasks]
-            part = ctx.settings.logit_scale * torch.cat(parts, dim=1)
-            out = part.new_zeros(len(images), part.shape[1]) if out is None else out
-            out[rows] = part
-        return out
+        return routed_logits(images, chosen, tasks, ctx, lambda img, t, r: self._head_logits(img, t, r, ctx))
 
     def _head_logits(self, img: torch.Tensor, t: int, r: int, ctx) -> torch.Tensor:
         key = (r, t)
         n = ctx.tasks[t].n_classes
-        if key not in self._heads:
-            tokens = ctx.class_tokens(t, ensemble=True)
+        mm = self._multimodal_layer()
+        if key not in self._heads and (mm is None or r < 0):
+            self._heads[key] = text_head(ctx, t, r)
+        elif key not in self._heads:
             routing = ctx.model.moe_routing
-            mm = self._multimodal_layer()
-            routing.text = r
-            if mm is None or r < 0:
-                self._heads[key] = template_mean(ctx.model.encode_text(tokens), n)
-            else:
-                routing.defer = {mm.index}
-                ctx.model.encode_text(tokens)
-                routing.defer = set()
-                self._heads[key], mm.recorded = mm.recorded, None
-            routing.text = None
+            routing.text, routing.defer = r, {mm.index}
+            ctx.model.encode_text(ctx.class_tokens(t, ensemble=True))
+            routing.text, routing.defer = None, set()
+            self._heads[key], mm.recorded = mm.recorded, None
         head = self._heads[key]
         if not isinstance(head, tuple):
             return img @ head.T

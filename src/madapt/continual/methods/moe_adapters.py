@@ -29,10 +29,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
-from madapt.continual.experts import StepCosts, TaskRouting, count_parameters, template_mean
+from madapt.continual.experts import StepCosts, TaskRouting, count_parameters, routed_logits, text_head
 from madapt.continual.method import ContinualMethod, MethodConfig
 from madapt.continual.methods.finetune import ce_loss
 from madapt.continual.selector import SelectorConfig
@@ -135,24 +134,11 @@ class MoEAdapters(ContinualMethod):
     def logits(self, images: torch.Tensor, task: int | None, ctx) -> torch.Tensor:
         tasks = [task] if task is not None else list(range(len(ctx.tasks)))
         chosen = self.routing.choose(images, task, ctx, self._router)
-        routing, out = ctx.model.moe_routing, None
-        for r in chosen.unique().tolist():
-            rows = (chosen == r).nonzero().squeeze(1)
-            routing.image = r
-            img = F.normalize(ctx.model.encode_image(images[rows]).float(), dim=-1)
-            routing.image = None
-            part = ctx.settings.logit_scale * img @ torch.cat([self._head(t, r, ctx) for t in tasks]).T
-            out = part.new_zeros(len(images), part.shape[1]) if out is None else out
-            out[rows] = part
-        return out
+        return routed_logits(images, chosen, tasks, ctx, lambda img, t, r: img @ self._head(t, r, ctx).T)
 
     def _head(self, t: int, r: int, ctx) -> torch.Tensor:
         if (r, t) not in self._heads:
-            routing = ctx.model.moe_routing
-            routing.text = r
-            feats = ctx.model.encode_text(ctx.class_tokens(t, ensemble=True))
-            routing.text = None
-            self._heads[(r, t)] = template_mean(feats, ctx.tasks[t].n_classes)
+            self._heads[(r, t)] = text_head(ctx, t, r)
         return self._heads[(r, t)]
 
     def summary(self, ctx) -> dict[str, Any]:
