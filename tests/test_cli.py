@@ -146,3 +146,12 @@ def test_list_shows_registered_names(tmp_path: Path):
     presets = madapt("list", "presets", cwd=tmp_path).stdout.split()
     assert "demo/default" in presets
     assert_user_error(madapt("list", "method", cwd=tmp_path), "did you mean 'methods'")
+
+
+def test_redirected_output_gets_wide_tables_unless_columns_is_set(monkeypatch) -> None:
+    from madapt.cli import _console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert _console().width == 160  # pytest captures stdout: not a terminal
+    monkeypatch.setenv("COLUMNS", "100")
+    assert _console().width == 100

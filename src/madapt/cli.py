@@ -6,6 +6,7 @@ any other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -32,6 +33,13 @@ LISTABLE = {
 }
 
 
+def _console() -> Console:
+    """stdout console; redirected to a file or a CI log, tables get 160 columns instead of rich's 80,
+    so a report table stays one line per row (COLUMNS, when set, still wins)."""
+    probe = Console()
+    return probe if probe.is_terminal or "COLUMNS" in os.environ else Console(width=160)
+
+
 def _default_out(config: str) -> Path:
     stem = Path(config).with_suffix("").as_posix().replace("/", "-")
     return Path("runs") / stem
@@ -47,7 +55,7 @@ def run(
     """Run one experiment and write its run folder (config, log, checkpoints, results, report)."""
     from madapt.recipes import run_experiment
 
-    run_experiment(config, list(overrides or []), out or _default_out(config), resume, Console())
+    run_experiment(config, list(overrides or []), out or _default_out(config), resume, _console())
 
 
 @app.command()
@@ -58,7 +66,7 @@ def demo(
     """The embedded micro benchmark: offline, minutes on a laptop CPU."""
     from madapt.recipes import run_experiment
 
-    run_experiment("demo/default", [], out, resume, Console())
+    run_experiment("demo/default", [], out, resume, _console())
 
 
 @app.command("list")
@@ -90,7 +98,7 @@ def report(run_dir: Path = typer.Argument(..., help="A finished run folder.")) -
     """Print the results table of a finished run again (and rewrite its report.md)."""
     from madapt.recipes import rerender_report
 
-    rerender_report(run_dir, Console())
+    rerender_report(run_dir, _console())
 
 
 @data_app.command("check")
