@@ -49,6 +49,16 @@ def test_every_preset_validates_and_round_trips():
         assert to_yaml(cfg) == to_yaml(again)
 
 
+@pytest.mark.parametrize("name", ["fewshot_mtil/finetune_order1", "fewshot_mtil/condu_ft_order1"])
+def test_few_shot_mtil_presets_run_condus_few_shot_script(name):
+    # ConDU_Ascend/scripts/fewshot_MTIL_FT.sh with src/args.py defaults: the code's protocol.
+    cfg = load_config(name, ["data_root=/data"])
+    assert cfg.data.shots == 5
+    assert (cfg.train.iterations, cfg.train.batch_size, cfg.train.warmup_steps) == (500, 64, 100)
+    assert cfg.train.label_smoothing == 0.2 and cfg.train.weight_decay == 0.0
+    assert cfg.train.lr_per_task == {"aircraft": 5e-5, "mnist": 5e-5} and cfg.train.lr == 1e-5
+
+
 def test_base_chain_and_override_win(tmp_path):
     write(tmp_path, "base: demo/default\ntrain: {iterations: 7}\n", "child.yaml")
     cfg = load_config(str(tmp_path / "child.yaml"), ["seed=3"])
