@@ -124,3 +124,12 @@ def test_seed_everything_reproduces_python_numpy_torch() -> None:
 def test_make_accelerator_rejects_fp16() -> None:
     with pytest.raises(ConfigError, match="mixed_precision"):
         make_accelerator("fp16", cpu=True)
+
+
+def test_loader_workers_never_exceed_the_usable_cpus(monkeypatch) -> None:
+    import os
+
+    from madapt.training import loader_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert (loader_workers(4), loader_workers(2), loader_workers(1), loader_workers(0)) == (2, 2, 1, 0)

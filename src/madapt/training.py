@@ -109,6 +109,14 @@ def warmup_cosine(optimizer: Optimizer, warmup_steps: int, total_steps: int) -> 
     return LambdaLR(optimizer, factor)
 
 
+def loader_workers(requested: int) -> int:
+    """DataLoader workers for ``requested``, capped at the CPUs this process may use: presets ask for
+    a GPU server's 4, and more workers than cores only adds processes (and torch's warning). Every
+    loader here draws its randomness per item or per batch plan, so the count never changes results."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(requested, usable)
+
+
 def make_accelerator(mixed_precision: str = "no", cpu: bool = False) -> Accelerator:
     """An `accelerate.Accelerator`; under ``accelerate launch`` it joins the process group.
 

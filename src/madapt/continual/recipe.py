@@ -34,7 +34,7 @@ from madapt.continual.tasks import Task
 from madapt.errors import ConfigError, DataError
 from madapt.registry import get
 from madapt.runs import RunFolder, atomic_write_json, seed_everything
-from madapt.training import join_processes
+from madapt.training import join_processes, loader_workers
 
 
 @dataclass
@@ -107,7 +107,7 @@ def settings_of(cfg: ContinualConfig, tasks: list[Task]) -> TrainSettings:
         checkpoint_every=cfg.train.checkpoint_every,
         precision=cfg.train.precision,
         accumulate=cfg.train.accumulate,
-        num_workers=cfg.train.num_workers,
+        num_workers=loader_workers(cfg.train.num_workers),
         task_agnostic=cfg.eval.task_agnostic,
         class_incremental=cfg.data.cil is not None,
         seed=cfg.seed,

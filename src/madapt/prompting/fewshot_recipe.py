@@ -39,7 +39,7 @@ from madapt.prompting.fewshot_data import DataConfig, FewShotData, load_data
 from madapt.prompting.fewshot_report import aggregate, report
 from madapt.registry import get
 from madapt.runs import RunFolder, seed_everything
-from madapt.training import join_processes
+from madapt.training import join_processes, loader_workers
 
 
 class MethodEntry(Strict):
@@ -225,7 +225,7 @@ def run_one(
         amp=t.precision == "amp",
         checkpoint_every=t.checkpoint_every,
         eval_batch_size=cfg.eval_batch_size,
-        num_workers=t.num_workers,
+        num_workers=loader_workers(t.num_workers),
     )
     result = fit(entry.method(entry.options), ctx, splits, settings, sub.checkpoints, report_step)
     result.update(method=entry.options.name, shots=cfg.data.shots, train_size=len(splits.train))

@@ -44,7 +44,7 @@ from madapt.prompting.visual_report import report, write_figures
 from madapt.prompting.visual_train import Learner, Plan, Runtime, class_mean_logits, train_variant
 from madapt.registry import get
 from madapt.runs import Checkpointer, RunFolder, save_tensors, seed_everything
-from madapt.training import build_optimizer, join_processes, warmup_cosine
+from madapt.training import build_optimizer, join_processes, loader_workers, warmup_cosine
 
 
 @dataclass
@@ -203,7 +203,8 @@ def runtime(cfg: VisualPromptConfig, backbone: ClassifierBackbone) -> Runtime:
     channels_last = (
         cfg.channels_last if cfg.channels_last is not None else (device.type == "cuda" and convolutional)
     )  # a patch-embedding convolution alone does not need it
-    return Runtime(device, cfg.precision, channels_last, cfg.train.num_workers, cfg.train.pin_memory, procs)
+    workers = loader_workers(cfg.train.num_workers)
+    return Runtime(device, cfg.precision, channels_last, workers, cfg.train.pin_memory, procs)
 
 
 def fit_variant(
